@@ -1,0 +1,272 @@
+#include "io/reactor.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cassert>
+#include <pthread.h>
+#include <thread>
+
+namespace rbdcache::io {
+
+// Per-SQE state; its address travels in the SQE's user_data.
+struct Reactor::Op {
+  IoResultFn done;
+  __kernel_timespec ts{};  // only for timeouts
+};
+
+namespace {
+uint64_t this_thread_key() {
+  return static_cast<uint64_t>(std::hash<std::thread::id>()(std::this_thread::get_id())) | 1;
+}
+}  // namespace
+
+Reactor::Reactor(unsigned index) : index_(index) {}
+
+Result<std::unique_ptr<Reactor>> Reactor::create(unsigned queue_depth, unsigned index) {
+  std::unique_ptr<Reactor> r(new Reactor(index));
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CLAMP;
+  int rc = io_uring_queue_init_params(queue_depth, &r->ring_, &params);
+  if (rc < 0) {
+    return Status::system_error(-rc, "io_uring_queue_init");
+  }
+  r->event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (r->event_fd_ < 0) {
+    int err = errno;
+    io_uring_queue_exit(&r->ring_);
+    r->ring_ = {};
+    return Status::system_error(err, "eventfd");
+  }
+  r->arm_eventfd();
+  return r;
+}
+
+Reactor::~Reactor() {
+  if (ring_.ring_fd > 0) io_uring_queue_exit(&ring_);
+  delete eventfd_op_;
+  if (event_fd_ >= 0) ::close(event_fd_);
+}
+
+bool Reactor::on_reactor_thread() const { return thread_id_.load() == this_thread_key(); }
+
+io_uring_sqe* Reactor::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    // The submission queue is full: hand what we have to the kernel.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Reactor::submit_op(io_uring_sqe* sqe, IoResultFn done) {
+  auto* op = new Op{std::move(done)};
+  io_uring_sqe_set_data(sqe, op);
+  ++in_flight_;
+}
+
+void Reactor::arm_eventfd() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, event_fd_, &event_buf_, sizeof(event_buf_), 0);
+  // The eventfd read is always armed; its Op is freed by the destructor if
+  // the loop ends while it is pending.
+  eventfd_op_ = new Op{[this](int /*res*/) {
+    eventfd_op_ = nullptr;
+    drain_posted();
+    arm_eventfd();
+  }};
+  io_uring_sqe_set_data(sqe, eventfd_op_);
+  ++in_flight_;
+}
+
+void Reactor::post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(posted_mu_);
+    posted_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  // A full eventfd counter still wakes the reader, so a failed write is harmless.
+  ssize_t n = ::write(event_fd_, &one, sizeof(one));
+  (void)n;
+}
+
+void Reactor::drain_posted() {
+  std::vector<std::function<void()>> batch;
+  {
+    std::lock_guard<std::mutex> lock(posted_mu_);
+    batch.swap(posted_);
+  }
+  for (auto& fn : batch) fn();
+}
+
+void Reactor::stop() {
+  stopping_.store(true);
+  post([] {});
+}
+
+void Reactor::run() {
+  thread_id_.store(this_thread_key());
+  while (true) {
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // The ring itself failed; nothing sensible can continue.
+      fmt::print(stderr, "rbdcache: io_uring_submit_and_wait: {}\n", std::strerror(-rc));
+      std::abort();
+    }
+    io_uring_cqe* cqe;
+    unsigned head;
+    unsigned seen = 0;
+    // Collect first, then run callbacks: a callback may submit and reap.
+    std::vector<std::pair<Op*, int>> ready;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ready.emplace_back(static_cast<Op*>(io_uring_cqe_get_data(cqe)), cqe->res);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring_, seen);
+    for (auto& [op, res] : ready) {
+      --in_flight_;
+      std::unique_ptr<Op> owned(op);
+      owned->done(res);
+    }
+    // After stop(), the loop ends once every operation but the eventfd read
+    // has completed and no posted closure is waiting.
+    if (stopping_.load() && in_flight_ == 1) {
+      std::lock_guard<std::mutex> lock(posted_mu_);
+      if (posted_.empty()) break;
+    }
+  }
+  thread_id_.store(0);
+}
+
+void Reactor::read(int fd, void* buf, uint32_t len, uint64_t offset, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, fd, buf, len, offset);
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::write(int fd, const void* buf, uint32_t len, uint64_t offset, int rw_flags,
+                    IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_write(sqe, fd, buf, len, offset);
+  sqe->rw_flags = rw_flags;
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::fsync(int fd, bool datasync, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::fallocate(int fd, int mode, uint64_t offset, uint64_t len, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_fallocate(sqe, fd, mode, static_cast<off_t>(offset), static_cast<off_t>(len));
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::recv(int fd, void* buf, uint32_t len, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv(sqe, fd, buf, len, 0);
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::sendmsg(int fd, const struct msghdr* msg, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_sendmsg(sqe, fd, msg, MSG_NOSIGNAL);
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::accept(int fd, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+  submit_op(sqe, std::move(done));
+}
+
+void Reactor::timeout(uint64_t nanoseconds, IoResultFn done) {
+  io_uring_sqe* sqe = get_sqe();
+  auto* op = new Op{std::move(done)};
+  op->ts.tv_sec = static_cast<long long>(nanoseconds / 1000000000ull);
+  op->ts.tv_nsec = static_cast<long long>(nanoseconds % 1000000000ull);
+  io_uring_prep_timeout(sqe, &op->ts, 0, 0);
+  io_uring_sqe_set_data(sqe, op);
+  ++in_flight_;
+}
+
+void Reactor::close(int fd) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_close(sqe, fd);
+  submit_op(sqe, [](int) {});
+}
+
+namespace {
+// State of one whole-range transfer, resubmitted after short transfers.
+struct FullTransfer {
+  int fd;
+  std::byte* buf;
+  uint64_t len;
+  uint64_t offset;
+  int rw_flags;
+  bool is_write;
+  uint64_t done_bytes = 0;
+  std::function<void(int)> done;
+};
+
+constexpr uint64_t kMaxChunk = 1u << 30;
+
+void step(Reactor& r, std::shared_ptr<FullTransfer> t) {
+  uint64_t remaining = t->len - t->done_bytes;
+  uint32_t chunk = static_cast<uint32_t>(std::min(remaining, kMaxChunk));
+  auto on_done = [&r, t](int res) {
+    if (res == -EAGAIN || res == -EINTR) {
+      step(r, t);
+      return;
+    }
+    if (res < 0) {
+      t->done(res);
+      return;
+    }
+    if (res == 0) {
+      t->done(-EIO);  // unexpected end of file
+      return;
+    }
+    t->done_bytes += static_cast<uint64_t>(res);
+    if (t->done_bytes == t->len) {
+      t->done(0);
+    } else {
+      step(r, t);
+    }
+  };
+  if (t->is_write) {
+    r.write(t->fd, t->buf + t->done_bytes, chunk, t->offset + t->done_bytes, t->rw_flags,
+            std::move(on_done));
+  } else {
+    r.read(t->fd, t->buf + t->done_bytes, chunk, t->offset + t->done_bytes, std::move(on_done));
+  }
+}
+}  // namespace
+
+void Reactor::read_full(int fd, void* buf, uint64_t len, uint64_t offset,
+                        std::function<void(int)> done) {
+  auto t = std::make_shared<FullTransfer>(
+      FullTransfer{fd, static_cast<std::byte*>(buf), len, offset, 0, false, 0, std::move(done)});
+  if (len == 0) {
+    t->done(0);
+    return;
+  }
+  step(*this, std::move(t));
+}
+
+void Reactor::write_full(int fd, const void* buf, uint64_t len, uint64_t offset, int rw_flags,
+                         std::function<void(int)> done) {
+  auto t = std::make_shared<FullTransfer>(FullTransfer{
+      fd, static_cast<std::byte*>(const_cast<void*>(buf)), len, offset, rw_flags, true, 0,
+      std::move(done)});
+  if (len == 0) {
+    t->done(0);
+    return;
+  }
+  step(*this, std::move(t));
+}
+
+}  // namespace rbdcache::io

@@ -1,0 +1,80 @@
+// The NBD server: listening sockets, reactor threads and connections.
+//
+// Threads: `threads` reactor threads. Reactor 0 also accepts; each accepted
+// connection is handed, round robin, to one reactor, which owns it for life.
+// The thread that calls run() waits for SIGTERM/SIGINT and then drains:
+// listeners close, every connection stops reading, finishes its in-flight
+// requests and replies, and the reactors stop.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "io/reactor.h"
+#include "nbd/connection.h"
+#include "nbd/handshake.h"
+#include "origin/origin.h"
+
+namespace rbdcache::nbd {
+
+struct ServerOptions {
+  std::string socket_path;                // unix socket; empty for none
+  std::optional<std::string> listen;      // TCP "ADDR:PORT" or "PORT"; loopback if no ADDR
+  unsigned threads = 1;
+};
+
+class Server {
+ public:
+  // `origin` must outlive the server.
+  Server(Origin& origin, ExportInfo exp, ServerOptions options);
+  ~Server();
+
+  // Binds the sockets and creates the reactors. A clear Status if a socket
+  // path is held by a live server, an address is in use, and so on.
+  Status bind();
+
+  // Serves until SIGTERM or SIGINT (which the caller must have blocked in
+  // every thread, see block_shutdown_signals()), then drains and returns.
+  Status run();
+
+  // Blocks SIGTERM, SIGINT and SIGPIPE in the calling thread; call before any
+  // thread is created so that every thread inherits the mask.
+  static void block_shutdown_signals();
+
+  // The URI a local client can use, e.g. nbd+unix:///?socket=/run/x.sock
+  std::string uri() const;
+  // The TCP port actually bound (useful with port 0), or 0.
+  uint16_t tcp_port() const { return tcp_port_; }
+
+ private:
+  struct ReactorSlot {
+    std::unique_ptr<io::Reactor> reactor;
+    // Owned by the reactor's thread only.
+    std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections;
+    bool draining = false;
+  };
+
+  Status bind_unix();
+  Status bind_tcp();
+  void accept_loop(int listen_fd, bool is_tcp);
+  void adopt(int fd, bool is_tcp);
+  void drain_slot(ReactorSlot& slot);
+
+  Origin& origin_;
+  ExportInfo exp_;
+  ServerOptions options_;
+  std::vector<std::unique_ptr<ReactorSlot>> slots_;
+  std::vector<int> listen_fds_;
+  bool unlink_socket_ = false;
+  uint16_t tcp_port_ = 0;
+  std::atomic<uint64_t> next_id_{1};
+  unsigned next_slot_ = 0;  // reactor 0 only
+  unsigned accepts_pending_ = 0;  // reactor 0 only
+};
+
+}  // namespace rbdcache::nbd
