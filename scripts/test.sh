@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs what the tests need, builds rbdcache three ways and runs every
+# test suite:
+#   build-test   g++, warnings as errors: unit, integration, metadata tests,
+#                then the micro-benchmark smoke run (meson test --benchmark)
+#   build-asan   g++ with AddressSanitizer + UndefinedBehaviorSanitizer:
+#                the same tests
+#   build-fuzz   clang + libFuzzer (+ASan/UBSan): short fuzzing runs
+# Ends with one line "tests: N passed, N failed, N skipped".
+#
+#   scripts/test.sh                 everything
+#   scripts/test.sh --quick         only build-test (no sanitizers, no fuzzing)
+# Extra arguments after -- go to every `meson test` (e.g. -- --suite unit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+quick=0
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+scripts/install-deps.sh
+
+# In CI nothing may be skipped except the kernel /dev/nbdX tests.
+export RBDCACHE_ALLOWED_SKIPS="${RBDCACHE_ALLOWED_SKIPS:-nbd-kernel}"
+JOBS=$(nproc)
+failed_builds=0
+
+setup() {  # setup DIR [meson options...]
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+  ninja -C "$dir"
+}
+
+run_tests() {  # run_tests DIR [meson test options...]
+  local dir=$1; shift
+  meson test -C "$dir" --print-errorlogs --num-processes "$JOBS" "$@" "${extra[@]}" || failed_builds=$((failed_builds + 1))
+}
+
+echo "== build-test: g++, -Werror"
+setup build-test --buildtype=debugoptimized -Dwerror=true
+run_tests build-test --no-suite fuzz
+run_tests build-test --benchmark --logbase benchlog
+
+if [ $quick -eq 0 ]; then
+  echo "== build-asan: AddressSanitizer + UndefinedBehaviorSanitizer"
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true
+  run_tests build-asan --no-suite fuzz --timeout-multiplier 3
+
+  echo "== build-fuzz: clang + libFuzzer"
+  if [ ! -f build-fuzz/build.ninja ]; then
+    CXX=clang++ meson setup build-fuzz --buildtype=debugoptimized -Dfuzzing=true \
+      -Db_sanitize=address,undefined -Db_lundef=false -Dtests=disabled -Dbenchmarks=disabled \
+      -Dcpp_args=-fsanitize=fuzzer-no-link >/dev/null
+  fi
+  ninja -C build-fuzz
+  run_tests build-fuzz --suite fuzz
+fi
+
+dirs=(build-test)
+[ $quick -eq 0 ] && dirs+=(build-asan build-fuzz)
+status=0
+python3 scripts/test-summary.py "${dirs[@]}" || status=$?
+if [ $failed_builds -ne 0 ] && [ $status -eq 0 ]; then
+  echo "test.sh: a meson test run failed" >&2
+  exit 1
+fi
+exit $status
