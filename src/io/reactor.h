@@ -53,6 +53,11 @@ class Reactor {
   // Queues `fn` to run on the reactor thread. Thread-safe; never blocks on I/O.
   void post(std::function<void()> fn);
 
+  // Queues `fn` to run on the reactor thread after the current batch of
+  // completions, before the loop next waits. Reactor thread only. Lets
+  // callers coalesce work, such as one sendmsg for many replies.
+  void defer(std::function<void()> fn);
+
   // True when the caller is this reactor's thread.
   bool on_reactor_thread() const;
 
@@ -85,12 +90,15 @@ class Reactor {
   void submit_op(io_uring_sqe* sqe, IoResultFn done);
   void arm_eventfd();
   void drain_posted();
+  void run_deferred();
 
   io_uring ring_{};
   unsigned index_;
   int event_fd_ = -1;
   uint64_t event_buf_ = 0;
   Op* eventfd_op_ = nullptr;
+  bool disabled_ = false;  // created with IORING_SETUP_R_DISABLED, not yet enabled
+  std::vector<std::function<void()>> deferred_;  // reactor thread only
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> thread_id_{0};
   uint64_t in_flight_ = 0;

@@ -324,7 +324,16 @@ void Connection::queue_send(OutMessage msg) {
   if (send_failed_ || closed_) return;
   queued_bytes_ += msg.size();
   sendq_.push_back(std::move(msg));
-  flush_sends();
+  // Replies produced by one batch of completions leave in one sendmsg.
+  if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    auto self = shared_from_this();
+    reactor_.defer([self] {
+      self->flush_scheduled_ = false;
+      self->flush_sends();
+      self->maybe_close();
+    });
+  }
 }
 
 void Connection::flush_sends() {
@@ -385,7 +394,10 @@ void Connection::on_sent(int res) {
 }
 
 void Connection::maybe_close() {
-  if (closed_ || !reading_done_ || recv_pending_ || in_flight_ > 0 || send_pending_) return;
+  if (closed_ || !reading_done_ || recv_pending_ || in_flight_ > 0 || send_pending_ ||
+      flush_scheduled_) {
+    return;
+  }
   if (!sendq_.empty() && !send_failed_) return;
   closed_ = true;
   ::close(fd_);

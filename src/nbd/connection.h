@@ -113,6 +113,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::deque<OutMessage> sendq_;
   size_t queued_bytes_ = 0;
   bool send_pending_ = false;
+  bool flush_scheduled_ = false;  // a deferred flush_sends() is queued
   bool send_failed_ = false;
   std::vector<iovec> iov_;
   msghdr msg_{};
