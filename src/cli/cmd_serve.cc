@@ -92,18 +92,36 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       "\nThe export is reachable as nbd+unix:///NAME?socket=PATH (or nbd://HOST:PORT/NAME with\n"
       "--listen). The empty export name also selects it. SIGTERM or SIGINT stops the server\n"
       "after every in-flight request has been answered.\n\n"
-      "Example:\n  rbdcache serve --origin file:/var/lib/images/vm1.raw --socket /run/rbdcache/vm1.sock");
+      "Example:\n  rbdcache serve --origin file:/var/lib/images/vm1.raw --socket /run/rbdcache/vm1.sock\n");
   cmd->add_option("--origin", args->origin,
                   "The image to export: file:PATH (a regular file or a block device)")
-      ->required();
-  cmd->add_option("--socket", args->socket, "Listen on this unix socket path (a stale socket is replaced)");
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v.rfind("file:", 0) == 0 && v.size() > 5) return {};
+            return "expected file:PATH, got '" + v + "'";
+          },
+          "", "origin URI"))
+      ->type_name("URI");
+  cmd->add_option("--socket", args->socket, "Listen on this unix socket path (a stale socket is replaced)")
+      ->type_name("PATH");
   cmd->add_option("--listen", args->listen,
-                  "Also listen on TCP: PORT or ADDR:PORT; without ADDR only loopback (127.0.0.1)");
-  cmd->add_option("--export", args->export_name, "The export's name (default: empty)");
+                  "Also listen on TCP: PORT or ADDR:PORT; without ADDR only loopback (127.0.0.1)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            std::string host, port;
+            Status st = nbd::parse_listen_address(v, host, port);
+            return st.is_ok() ? std::string() : st.message();
+          },
+          "", "listen address"))
+      ->type_name("ADDR:PORT");
+  cmd->add_option("--export", args->export_name, "The export's name (default: empty)")
+      ->type_name("NAME");
   cmd->add_flag("--read-only", args->read_only, "Refuse every write, trim and write-zeroes");
   cmd->add_option("--threads", args->threads,
                   "Number of I/O reactor threads (default: one per CPU core)")
-      ->check(CLI::Range(1u, 1024u));
+      ->check(CLI::Range(1u, 1024u))
+      ->type_name("N");
   cmd->add_flag("-v,--verbose", args->verbose, "Log every connection and rejected request");
   cmd->callback([args, &exit_code] { exit_code = serve(*args); });
 }

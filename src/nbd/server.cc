@@ -3,6 +3,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,11 +16,7 @@
 
 namespace rbdcache::nbd {
 
-namespace {
-
-// Splits "ADDR:PORT", "[V6ADDR]:PORT", ":PORT" or "PORT". A missing address
-// means loopback.
-Status parse_listen(const std::string& spec, std::string& host, std::string& port) {
+Status parse_listen_address(const std::string& spec, std::string& host, std::string& port) {
   host = "127.0.0.1";
   if (spec.empty()) return Status::invalid_argument("--listen needs a PORT or ADDR:PORT");
   if (spec.front() == '[') {
@@ -44,8 +41,6 @@ Status parse_listen(const std::string& spec, std::string& host, std::string& por
   }
   return Status::ok();
 }
-
-}  // namespace
 
 Server::Server(Origin& origin, ExportInfo exp, ServerOptions options)
     : origin_(origin), exp_(std::move(exp)), options_(std::move(options)) {}
@@ -98,12 +93,22 @@ Status Server::bind_unix() {
                                                     "replace it",
                                                     path));
     }
-    // A socket file: is a server behind it?
+    // A socket file: is a live server behind it? A live NBD server greets
+    // at once; a socket of a server that has just been killed may still
+    // accept connections for a moment (its listener is torn down
+    // asynchronously) but never greets.
     int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe < 0) return Status::system_error(errno, "socket");
-    int rc = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    bool live = false;
+    if (::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      pollfd pfd{probe, POLLIN, 0};
+      if (::poll(&pfd, 1, 2000) > 0 && (pfd.revents & POLLIN)) {
+        char byte;
+        live = ::recv(probe, &byte, 1, MSG_PEEK) == 1;
+      }
+    }
     ::close(probe);
-    if (rc == 0) {
+    if (live) {
       return Status::from_errno(EADDRINUSE,
                                 fmt::format("socket '{}' is in use by a running server", path));
     }
@@ -131,7 +136,7 @@ Status Server::bind_unix() {
 
 Status Server::bind_tcp() {
   std::string host, port;
-  RBDCACHE_RETURN_IF_ERROR(parse_listen(*options_.listen, host, port));
+  RBDCACHE_RETURN_IF_ERROR(parse_listen_address(*options_.listen, host, port));
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

@@ -28,6 +28,10 @@ struct ServerOptions {
   unsigned threads = 1;
 };
 
+// Splits a --listen value: "ADDR:PORT", "[V6ADDR]:PORT", ":PORT" or "PORT".
+// A missing address means loopback (127.0.0.1).
+Status parse_listen_address(const std::string& spec, std::string& host, std::string& port);
+
 class Server {
  public:
   // `origin` must outlive the server.
