@@ -216,7 +216,7 @@ void Server::adopt(int fd, bool is_tcp) {
       return;
     }
     auto conn = std::make_shared<Connection>(*slot.reactor, fd, origin_, exp_, id,
-                                             [this, &slot](uint64_t closed_id) {
+                                             [&slot](uint64_t closed_id) {
                                                slot.connections.erase(closed_id);
                                                if (slot.draining && slot.connections.empty()) {
                                                  slot.reactor->stop();
@@ -266,10 +266,7 @@ Status Server::run() {
   });
   for (auto& slot : slots_) {
     ReactorSlot* s = slot.get();
-    s->reactor->post([this, s] {
-      drain_slot(*s);
-      (void)this;
-    });
+    s->reactor->post([this, s] { drain_slot(*s); });
   }
   for (auto& t : threads) t.join();
   log::info("all connections drained; exiting");
