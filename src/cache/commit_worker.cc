@@ -1,0 +1,57 @@
+#include "cache/commit_worker.h"
+
+#include "io/reactor.h"
+#include "util/log.h"
+
+namespace rbdcache::cache {
+
+CommitWorker::CommitWorker(metalog::MetadataLog& log, std::chrono::milliseconds interval,
+                           Hooks hooks)
+    : log_(log), interval_(interval), hooks_(std::move(hooks)), thread_([this] { run(); }) {}
+
+CommitWorker::~CommitWorker() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  thread_.join();
+}
+
+void CommitWorker::request(io::Reactor& reactor, std::function<void(Status)> done) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiters_.push_back(Waiter{&reactor, std::move(done)});
+  }
+  cv_.notify_one();
+}
+
+uint64_t CommitWorker::commits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return commits_;
+}
+
+void CommitWorker::run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait_for(lock, interval_, [this] { return stop_ || !waiters_.empty(); });
+    // Requests taken now are covered by the commit that starts below: their
+    // entries were appended before they were queued.
+    std::vector<Waiter> batch;
+    batch.swap(waiters_);
+    bool stopping = stop_;
+    lock.unlock();
+    Status st = hooks_.before ? hooks_.before() : Status::ok();
+    if (st.is_ok()) st = log_.commit();
+    if (hooks_.after) hooks_.after(st);
+    if (!st.is_ok()) log::error("metadata commit failed: {}", st.to_string());
+    for (Waiter& w : batch) {
+      w.reactor->post([done = std::move(w.done), st] { done(st); });
+    }
+    lock.lock();
+    ++commits_;
+    if (stopping && waiters_.empty()) return;
+  }
+}
+
+}  // namespace rbdcache::cache
