@@ -74,6 +74,14 @@ FileOrigin::~FileOrigin() {
   if (direct_fd_ >= 0) ::close(direct_fd_);
 }
 
+std::string FileOrigin::identity() const {
+  char* real = ::realpath(path_.c_str(), nullptr);
+  if (real == nullptr) return describe();
+  std::string id = std::string("file:") + real;
+  std::free(real);
+  return id;
+}
+
 OriginCaps FileOrigin::caps() const {
   OriginCaps c;
   c.read_only = read_only_;

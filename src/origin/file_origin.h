@@ -29,6 +29,8 @@ class FileOrigin final : public Origin {
   uint64_t size() const override { return size_; }
   OriginCaps caps() const override;
   std::string describe() const override { return "file:" + path_; }
+  // "file:" and the canonical path (symlinks resolved).
+  std::string identity() const override;
   bool uses_direct_io() const { return direct_fd_ >= 0; }
 
   void read(io::Reactor& r, uint64_t offset, std::span<std::byte> buf, IoCallback done) override;

@@ -60,6 +60,10 @@ class Origin {
   virtual OriginCaps caps() const = 0;
   // A short description for logs and status, such as "file:/var/img".
   virtual std::string describe() const = 0;
+  // A stable name of the image itself, recorded in a cache's superblock on
+  // first attach so that the cache is never served over another image.
+  // Defaults to describe().
+  virtual std::string identity() const { return describe(); }
 
   virtual void read(io::Reactor& r, uint64_t offset, std::span<std::byte> buf, IoCallback done) = 0;
   virtual void write(io::Reactor& r, uint64_t offset, std::span<const std::byte> buf, WriteFlags flags,

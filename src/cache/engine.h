@@ -1,0 +1,228 @@
+// CacheEngine: the SSD cache between the NBD server and the origin.
+//
+// Glossary (see also cache/mapping.h and cache/policy.h):
+//   origin block  - a cache-block-sized, aligned chunk of the origin.
+//   slot          - a cache block on the cache device (CacheBlock).
+//   sub-block     - 4 KiB inside a slot; each has a valid and a dirty bit.
+//   ready slot    - a reserved, empty slot whose previous contents are
+//                   durably unmapped, so new data may be written into it.
+//   quarantine    - slots unmapped in memory whose unmap entry is not yet
+//                   committed; they become ready after the next commit.
+//   writeback     - copying dirty sub-blocks to the origin, then marking
+//                   them clean.
+//
+// The engine is an Origin, so the NBD server serves it unchanged.
+//
+// Concurrency:
+//   - Every request locks the origin blocks it touches (BlockLocks) for its
+//     whole life, I/O included. So operations on one block are ordered, and a
+//     write never races a promotion or a writeback of its block.
+//   - mu_ guards the mapping, the policy and the engine's bookkeeping. It is
+//     held only for in-memory updates, never across I/O or a callback.
+//   - Client requests run on the NBD reactors. Writeback and slot reclaim run
+//     on the engine's own background reactor thread. Metadata commits run on
+//     the CommitWorker's thread.
+//
+// Durability (docs/crash-consistency.md):
+//   - A metadata entry is appended only after the data it describes has been
+//     written to the cache device.
+//   - Every commit first syncs the cache device, then writes the log.
+//   - A slot is reused for another origin block only after its unmap is
+//     committed (ready slots), so stale metadata can never point at new data.
+//   - Writeback writes the origin and flushes it before the blocks are
+//     marked clean.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/block_locks.h"
+#include "cache/cache_device.h"
+#include "cache/commit_worker.h"
+#include "cache/mapping.h"
+#include "cache/policy.h"
+#include "io/reactor.h"
+#include "metalog/writer.h"
+#include "origin/origin.h"
+#include "util/aligned_buffer.h"
+
+namespace rbdcache::cache {
+
+enum class Mode { kWriteback, kWritethrough, kPassthrough };
+
+const char* mode_name(Mode m);
+// Parses "writeback", "writethrough" or "passthrough".
+Result<Mode> parse_mode(const std::string& s);
+
+struct EngineOptions {
+  Mode mode = Mode::kWriteback;
+  // Sequential streams longer than this bypass the cache.
+  uint64_t sequential_cutoff = 4u << 20;
+  // Writeback starts above the high watermark (fraction of the cache's
+  // bytes that are dirty) and stops below the low one.
+  double dirty_high_watermark = 0.10;
+  double dirty_low_watermark = 0.05;
+  // A block dirty for longer than this is written back whatever the level.
+  std::chrono::milliseconds max_dirty_age{30'000};
+  // Group-commit interval of the metadata log.
+  std::chrono::milliseconds commit_interval{1'000};
+  // Largest single origin write made by writeback (neighbours coalesce).
+  uint32_t writeback_max_io = 4u << 20;
+};
+
+struct EngineStats {
+  Mode mode = Mode::kWriteback;
+  uint64_t cache_bytes = 0;
+  uint32_t block_size = 0;
+  uint32_t blocks = 0;
+  uint32_t mapped_blocks = 0;
+  uint32_t dirty_blocks = 0;
+  uint64_t used_bytes = 0;   // valid sub-blocks * 4 KiB
+  uint64_t dirty_bytes = 0;  // dirty sub-blocks * 4 KiB
+  double oldest_dirty_age_s = 0;
+  uint64_t read_hits = 0, read_misses = 0;
+  uint64_t write_hits = 0, write_misses = 0;
+  uint64_t promotions = 0, demotions = 0;
+  uint64_t bytes_written_back = 0;
+  uint64_t writeback_errors = 0;
+  uint64_t bypassed_bytes = 0;
+  uint64_t mapping_bytes = 0;
+  double mapping_bytes_per_block = 0;
+  uint32_t ready_slots = 0;
+};
+
+class CacheEngine final : public Origin {
+ public:
+  // Builds the engine over an opened metadata log and cache device, loading
+  // the committed mapping. `origin`, `log` and `cache_dev` must outlive it.
+  static Result<std::unique_ptr<CacheEngine>> create(Origin& origin, metalog::MetadataLog& log,
+                                                     CacheDevice& cache_dev, EngineOptions opts);
+  ~CacheEngine() override;
+
+  // Stops writeback, commits the metadata and closes the log cleanly. Dirty
+  // data stays dirty (it is persistent). Call once, from any non-reactor
+  // thread, after the server has drained.
+  Status shutdown();
+
+  // --- Origin ---
+  uint64_t size() const override { return origin_.size(); }
+  OriginCaps caps() const override;
+  std::string describe() const override;
+  void read(io::Reactor& r, uint64_t offset, std::span<std::byte> buf, IoCallback done) override;
+  void write(io::Reactor& r, uint64_t offset, std::span<const std::byte> buf, WriteFlags flags,
+             IoCallback done) override;
+  void flush(io::Reactor& r, IoCallback done) override;
+  void discard(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
+               IoCallback done) override;
+  void write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
+                    IoCallback done) override;
+  void block_status(io::Reactor& r, uint64_t offset, uint64_t length,
+                    ExtentsCallback done) override;
+  void prefetch(io::Reactor& r, uint64_t offset, uint64_t length, IoCallback done) override;
+
+  // --- Control ---
+  void set_mode(Mode m);
+  Mode mode() const { return mode_.load(); }
+  EngineStats stats() const;
+  // Asks the background writer to write back every dirty block now.
+  void request_full_writeback();
+
+ private:
+  struct Request;
+  struct Part;
+  struct WbUnit {
+    OriginBlock first, last;
+  };
+
+  CacheEngine(Origin& origin, metalog::MetadataLog& log, CacheDevice& dev, Mapping map,
+              std::unique_ptr<Policy> policy, EngineOptions opts);
+  Status load();
+
+  // Request plumbing.
+  std::shared_ptr<Request> make_request(io::Reactor& r, uint64_t offset, uint64_t length,
+                                        IoCallback done);
+  void with_locks(const std::shared_ptr<Request>& req, std::function<void()> fn);
+  void finish(const std::shared_ptr<Request>& req);
+  void split(const std::shared_ptr<Request>& req, std::byte* user, std::vector<Part>& parts);
+
+  using StatusFn = std::function<void(Status)>;
+  void read_part(const std::shared_ptr<Request>& req, Part p, StatusFn done);
+  void write_part(const std::shared_ptr<Request>& req, Part p, bool fua, StatusFn done);
+  // Reads sub-blocks `subs` of the part's block into `base` (which maps
+  // sub-block subs.first): valid ones from slot `slot`, the rest from the
+  // origin.
+  void read_subs(io::Reactor& r, OriginBlock ob, SubBlockRange subs, std::byte* base,
+                 std::optional<CacheBlock> slot, SubBlockMask valid, StatusFn done);
+  void fill_after_read(const std::shared_ptr<Request>& req, const Part& p, std::byte* base,
+                       std::shared_ptr<AlignedBuffer> owner, std::optional<CacheBlock> slot,
+                       bool promote, StatusFn done);
+  void zero_partial(io::Reactor& r, OriginBlock ob, uint32_t s, uint32_t e, StatusFn done);
+
+  // Under mu_: slot bookkeeping and metadata.
+  std::optional<CacheBlock> take_ready_slot_locked();
+  void append_state_locked(CacheBlock cb);
+  void evict_locked(CacheBlock cb);
+  void note_dirty_locked(CacheBlock cb, bool was_dirty);
+  void note_clean_locked(CacheBlock cb, bool was_dirty);
+
+  // Background reactor work.
+  void bg_tick();
+  struct WbBatch {
+    std::vector<WbUnit> units;
+    size_t next = 0;
+    size_t active = 0;
+    bool failed = false;
+    bool everything = false;
+  };
+  void run_writeback(bool everything);
+  void wb_pump(const std::shared_ptr<WbBatch>& b);
+  void write_back_unit(std::shared_ptr<WbUnit> unit, std::function<void(bool ok)> done);
+  void reclaim_slots();
+  void after_commit_release(uint64_t gen);
+
+  Origin& origin_;
+  metalog::MetadataLog& log_;
+  CacheDevice& dev_;
+  EngineOptions opts_;
+  std::atomic<Mode> mode_;
+  const uint32_t bs_;    // cache block size
+  const uint32_t subs_;  // sub-blocks per block
+  BlockLocks locks_;
+
+  mutable std::mutex mu_;
+  Mapping map_;                       // guarded by mu_
+  std::unique_ptr<Policy> policy_;    // guarded by mu_
+  std::vector<CacheBlock> ready_;     // guarded by mu_
+  struct Quarantined {
+    CacheBlock slot;
+    uint64_t gen;
+  };
+  std::vector<Quarantined> quarantine_;  // guarded by mu_
+  uint64_t unmap_gen_ = 0;               // guarded by mu_
+  std::unordered_map<CacheBlock, std::chrono::steady_clock::time_point> dirty_since_;  // mu_
+  Status meta_error_;                    // guarded by mu_; sticky
+  EngineStats counters_;                 // guarded by mu_ (counter fields only)
+
+  std::atomic<bool> origin_written_{false};  // origin writes since the last flush
+  std::atomic<uint32_t> fg_in_flight_{0};
+  std::atomic<bool> full_writeback_{false};
+
+  std::unique_ptr<CommitWorker> commits_;
+  std::unique_ptr<io::Reactor> bg_;
+  std::thread bg_thread_;
+  std::atomic<bool> stopping_{false};
+  bool wb_running_ = false;  // bg thread only
+  OriginBlock wb_cursor_{0};  // bg thread only
+  std::chrono::steady_clock::time_point wb_backoff_until_{};  // bg thread only
+  std::chrono::milliseconds wb_backoff_{0};                   // bg thread only
+  bool reclaim_running_ = false;  // bg thread only
+  bool shut_down_ = false;
+};
+
+}  // namespace rbdcache::cache
