@@ -72,7 +72,7 @@ Result<std::unique_ptr<AttachedCache>> AttachedCache::open(Origin& origin, const
   c->log_ = std::move(log).value();
   const metalog::Superblock& s = c->log_->superblock();
 
-  auto dev = CacheDevice::open(opts.cache_dev, s.cache_data_offset, s.cache_block_size,
+  auto dev = FileCacheDevice::open(opts.cache_dev, s.cache_data_offset, s.cache_block_size,
                                static_cast<uint32_t>(s.cache_block_count));
   if (!dev.is_ok()) return dev.status();
   c->dev_ = std::move(dev).value();

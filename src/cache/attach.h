@@ -45,7 +45,7 @@ class AttachedCache {
   AttachedCache() = default;
   std::unique_ptr<metalog::FileBlockDevice> meta_;
   std::unique_ptr<metalog::MetadataLog> log_;
-  std::unique_ptr<CacheDevice> dev_;
+  std::unique_ptr<FileCacheDevice> dev_;
   std::unique_ptr<CacheEngine> engine_;
 };
 

@@ -12,13 +12,12 @@
 
 namespace rbdcache::cache {
 
-Result<std::unique_ptr<CacheDevice>> CacheDevice::open(const std::string& path, uint64_t data_offset,
-                                                       uint32_t block_size, uint32_t blocks) {
-  std::unique_ptr<CacheDevice> d(new CacheDevice());
+Result<std::unique_ptr<FileCacheDevice>> FileCacheDevice::open(const std::string& path,
+                                                               uint64_t data_offset,
+                                                               uint32_t block_size, uint32_t blocks) {
+  std::unique_ptr<FileCacheDevice> d(new FileCacheDevice(block_size, blocks));
   d->path_ = path;
   d->data_offset_ = data_offset;
-  d->block_size_ = block_size;
-  d->blocks_ = blocks;
   d->fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
   if (d->fd_ < 0 && errno == EINVAL) {
     // No O_DIRECT here (tmpfs): buffered I/O, still synced on flush.
@@ -42,7 +41,7 @@ Result<std::unique_ptr<CacheDevice>> CacheDevice::open(const std::string& path, 
   return d;
 }
 
-CacheDevice::~CacheDevice() {
+FileCacheDevice::~FileCacheDevice() {
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -52,28 +51,28 @@ Status to_status(int res, const char* what) {
 }
 }  // namespace
 
-void CacheDevice::read(io::Reactor& r, CacheBlock cb, uint32_t offset, std::span<std::byte> buf,
+void FileCacheDevice::read(io::Reactor& r, CacheBlock cb, uint32_t offset, std::span<std::byte> buf,
                        IoCallback done) {
-  assert(cb.value() < blocks_ && offset + buf.size() <= block_size_);
+  assert(cb.value() < blocks() && offset + buf.size() <= block_size());
   assert(offset % kSubBlockSize == 0 && buf.size() % kSubBlockSize == 0);
   r.read_full(fd_, buf.data(), buf.size(), position(cb, offset),
               [done = std::move(done)](int res) { done(to_status(res, "cache device read")); });
 }
 
-void CacheDevice::write(io::Reactor& r, CacheBlock cb, uint32_t offset,
+void FileCacheDevice::write(io::Reactor& r, CacheBlock cb, uint32_t offset,
                         std::span<const std::byte> buf, bool fua, IoCallback done) {
-  assert(cb.value() < blocks_ && offset + buf.size() <= block_size_);
+  assert(cb.value() < blocks() && offset + buf.size() <= block_size());
   assert(offset % kSubBlockSize == 0 && buf.size() % kSubBlockSize == 0);
   r.write_full(fd_, buf.data(), buf.size(), position(cb, offset), fua ? RWF_DSYNC : 0,
                [done = std::move(done)](int res) { done(to_status(res, "cache device write")); });
 }
 
-void CacheDevice::flush(io::Reactor& r, IoCallback done) {
+void FileCacheDevice::flush(io::Reactor& r, IoCallback done) {
   r.fsync(fd_, /*datasync=*/true,
           [done = std::move(done)](int res) { done(to_status(res, "cache device flush")); });
 }
 
-Status CacheDevice::sync() {
+Status FileCacheDevice::sync() {
   if (::fdatasync(fd_) != 0) return Status::system_error(errno, "cache device sync");
   return Status::ok();
 }
