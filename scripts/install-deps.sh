@@ -11,12 +11,14 @@ set -euo pipefail
 BUILD_PKGS=(
   g++ meson ninja-build pkg-config
   liburing-dev libfmt-dev libcli11-dev nlohmann-json3-dev libisal-dev
+  librbd-dev librados-dev
 )
 TEST_PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   libnbd-bin libnbd-dev qemu-utils fio nbdkit
   python3 util-linux procps
+  ceph-mon ceph-osd ceph-common
 )
 
 pkgs=("${BUILD_PKGS[@]}")

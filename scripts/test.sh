@@ -29,6 +29,30 @@ done
 
 scripts/install-deps.sh
 
+# --- Ceph test cluster (tests/rbd) ---------------------------------------
+# One throw-away cluster (scripts/dev-ceph.sh: mon + memstore OSD on
+# loopback) serves every build's rbd tests; they find it through the env
+# file in RBDCACHE_TEST_CEPH_ENV. It is stopped when this script exits,
+# whatever the outcome. If it cannot start, the rbd tests skip (which CI
+# reports as a failure).
+CEPH_TEST_DIR=$(mktemp -d "${TMPDIR:-/tmp}/rbdcache-test-ceph.XXXXXX")
+stop_test_ceph() {
+  scripts/dev-ceph.sh stop --dir "$CEPH_TEST_DIR/cluster" >/dev/null 2>&1 || true
+  rm -rf "$CEPH_TEST_DIR"
+}
+trap stop_test_ceph EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+echo "== Ceph test cluster"
+if scripts/dev-ceph.sh start --dir "$CEPH_TEST_DIR/cluster" &&
+   scripts/dev-ceph.sh env --dir "$CEPH_TEST_DIR/cluster" >"$CEPH_TEST_DIR/env"; then
+  export RBDCACHE_TEST_CEPH_ENV="$CEPH_TEST_DIR/env"
+else
+  echo "test.sh: the Ceph test cluster did not start; the rbd tests will skip" >&2
+  unset RBDCACHE_TEST_CEPH_ENV
+fi
+# --- end of Ceph test cluster --------------------------------------------
+
 # In CI nothing may be skipped except the kernel /dev/nbdX tests.
 export RBDCACHE_ALLOWED_SKIPS="${RBDCACHE_ALLOWED_SKIPS:-nbd-kernel}"
 JOBS=$(nproc)

@@ -1,11 +1,14 @@
 // `rbdcache serve`: export an origin over NBD.
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 #include "cli/commands.h"
 #include "nbd/server.h"
 #include "origin/file_origin.h"
+#include "origin/rbd_origin.h"
 #include "util/log.h"
 
 namespace rbdcache::cli {
@@ -20,10 +23,25 @@ struct ServeArgs {
   bool read_only = false;
   unsigned threads = 0;
   bool verbose = false;
+  RbdOptions rbd;  // --ceph-conf, --ceph-id, --keyring, --ceph-timeout, --rbd-queue-depth
 };
 
-// Opens the origin named by a URI such as file:/var/lib/img.raw.
-Result<std::unique_ptr<Origin>> open_origin(const std::string& uri, bool read_only) {
+// Empty when `v` is an origin URI that serve accepts; otherwise why not.
+std::string check_origin_uri(const std::string& v) {
+  if (v.rfind("file:", 0) == 0) {
+    return v.size() > 5 ? std::string() : "file: needs a path, as in file:/path/to/image";
+  }
+  if (v.rfind("rbd:", 0) == 0) {
+    auto uri = parse_rbd_uri(v);
+    return uri.is_ok() ? std::string() : uri.status().message();
+  }
+  return "expected file:PATH, rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE, got '" + v + "'";
+}
+
+// Opens the origin named by a URI such as file:/var/lib/img.raw or
+// rbd:pool/image (the Ceph options come from `rbd`).
+Result<std::unique_ptr<Origin>> open_origin(const std::string& uri, bool read_only,
+                                            const RbdOptions& rbd) {
   if (uri.rfind("file:", 0) == 0) {
     std::string path = uri.substr(5);
     if (path.empty()) return Status::invalid_argument("--origin file: needs a path, as in file:/path/to/image");
@@ -34,13 +52,54 @@ Result<std::unique_ptr<Origin>> open_origin(const std::string& uri, bool read_on
     }
     return std::unique_ptr<Origin>(std::move(o).value());
   }
+  if (uri.rfind("rbd:", 0) == 0) {
+    auto parsed = parse_rbd_uri(uri);
+    if (!parsed.is_ok()) return parsed.status();
+    RbdOptions opts = rbd;
+    opts.read_only = read_only;
+    auto o = RbdOrigin::open(parsed.value(), opts);
+    if (!o.is_ok()) return o.status();
+    const RbdOrigin& img = *o.value();
+    log::info("opened RBD image {} as {}: id {}, {} bytes, {}-byte objects, queue depth {}",
+              img.describe(), img.client_name(), img.image_id(), img.size(), img.object_size(),
+              img.queue_depth());
+    return std::unique_ptr<Origin>(std::move(o).value());
+  }
   return Status::invalid_argument(
-      fmt::format("unsupported origin '{}': expected file:PATH", uri));
+      fmt::format("unsupported origin '{}': expected file:PATH or rbd:POOL/IMAGE", uri));
+}
+
+// open_origin() with the shutdown signals blocked; SIGTERM or SIGINT while
+// it waits (an RBD open can take up to --ceph-timeout) ends the process at
+// once with status 128+signal, as the default action would have.
+Result<std::unique_ptr<Origin>> open_origin_interruptibly(const ServeArgs& args) {
+  std::atomic<bool> opening{true};
+  std::thread watcher([&opening] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    const timespec tick{0, 100'000'000};
+    while (opening.load()) {
+      int sig = sigtimedwait(&set, nullptr, &tick);
+      if (sig > 0) {
+        log::error("interrupted by signal {} while opening the origin", sig);
+        _exit(128 + sig);
+      }
+    }
+  });
+  auto origin = open_origin(args.origin, args.read_only, args.rbd);
+  opening.store(false);
+  watcher.join();
+  return origin;
 }
 
 int serve(const ServeArgs& args) {
   if (args.verbose) log::set_level(log::Level::kDebug);
-  auto origin = open_origin(args.origin, args.read_only);
+  // Before the origin starts threads of its own (librados), so that they
+  // inherit the mask and SIGTERM reaches only the main thread's sigwait().
+  nbd::Server::block_shutdown_signals();
+  auto origin = open_origin_interruptibly(args);
   if (!origin.is_ok()) {
     log::error("{}", origin.status().to_string());
     return 1;
@@ -65,7 +124,6 @@ int serve(const ServeArgs& args) {
   if (!args.listen.empty()) opts.listen = args.listen;
   opts.threads = args.threads != 0 ? args.threads : std::max(1u, std::thread::hardware_concurrency());
 
-  nbd::Server::block_shutdown_signals();
   nbd::Server server(o, exp, opts);
   Status st = server.bind();
   if (!st.is_ok()) {
@@ -92,16 +150,19 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       "\nThe export is reachable as nbd+unix:///NAME?socket=PATH (or nbd://HOST:PORT/NAME with\n"
       "--listen). The empty export name also selects it. SIGTERM or SIGINT stops the server\n"
       "after every in-flight request has been answered.\n\n"
-      "Example:\n  rbdcache serve --origin file:/var/lib/images/vm1.raw --socket /run/rbdcache/vm1.sock\n");
+      "Ceph: --origin rbd:POOL/IMAGE (or rbd:POOL/NAMESPACE/IMAGE) opens an RBD image with\n"
+      "librbd. Without --ceph-conf, --ceph-id and --keyring the usual Ceph defaults apply, as\n"
+      "for the rbd command: $CEPH_CONF or /etc/ceph/ceph.conf, CEPH_ARGS (--id, --keyring...),\n"
+      "then /etc/ceph/ceph.client.ID.keyring. If `rbd ls POOL` works, so does rbd:POOL/IMAGE.\n\n"
+      "Examples:\n"
+      "  rbdcache serve --origin file:/var/lib/images/vm1.raw --socket /run/rbdcache/vm1.sock\n"
+      "  rbdcache serve --origin rbd:rbd/vm1 --ceph-id rbdcache --socket /run/rbdcache/vm1.sock\n");
   cmd->add_option("--origin", args->origin,
-                  "The image to export: file:PATH (a regular file or a block device)")
+                  "The image to export: file:PATH (a regular file or a block device), or\n"
+                  "rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE (a Ceph RBD image; no @snapshot)")
       ->required()
-      ->check(CLI::Validator(
-          [](std::string& v) -> std::string {
-            if (v.rfind("file:", 0) == 0 && v.size() > 5) return {};
-            return "expected file:PATH, got '" + v + "'";
-          },
-          "", "origin URI"))
+      ->check(CLI::Validator([](std::string& v) -> std::string { return check_origin_uri(v); }, "",
+                             "origin URI"))
       ->type_name("URI");
   cmd->add_option("--socket", args->socket, "Listen on this unix socket path (a stale socket is replaced)")
       ->type_name("PATH");
@@ -123,6 +184,44 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1u, 1024u))
       ->type_name("N");
   cmd->add_flag("-v,--verbose", args->verbose, "Log every connection and rejected request");
+
+  auto* ceph = "Ceph (rbd: origins)";
+  cmd->add_option("--ceph-conf", args->rbd.conf_path,
+                  "Ceph configuration file (default: $CEPH_CONF, else /etc/ceph/ceph.conf)")
+      ->type_name("PATH")
+      ->group(ceph);
+  cmd->add_option("--ceph-id", args->rbd.id,
+                  "Ceph user to connect as, without the 'client.' prefix, as rbd --id\n"
+                  "(default: the one CEPH_ARGS names, else admin)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v.empty()) return "the Ceph user is empty";
+            if (v.rfind("client.", 0) == 0) {
+              return "give the user without 'client.': --ceph-id " + v.substr(7);
+            }
+            return {};
+          },
+          "", "ceph id"))
+      ->type_name("NAME")
+      ->group(ceph);
+  cmd->add_option("--keyring", args->rbd.keyring,
+                  "Keyring holding the user's key (default: the configuration's,\n"
+                  "else /etc/ceph/ceph.client.NAME.keyring)")
+      ->type_name("PATH")
+      ->group(ceph);
+  cmd->add_option("--ceph-timeout", args->rbd.timeout_seconds,
+                  "Give up connecting to the cluster, finding the pool or opening the image after\n"
+                  "this many seconds each, with an error (default: 30). Data I/O never times out:\n"
+                  "it waits for a paused OSD")
+      ->check(CLI::Range(1u, 3600u))
+      ->type_name("SECONDS")
+      ->group(ceph);
+  cmd->add_option("--rbd-queue-depth", args->rbd.queue_depth,
+                  "Most requests in flight to librbd at once, across all threads; more wait\n"
+                  "in a FIFO (default: 128)")
+      ->check(CLI::Range(1u, 65536u))
+      ->type_name("N")
+      ->group(ceph);
   cmd->callback([args, &exit_code] { exit_code = serve(*args); });
 }
 

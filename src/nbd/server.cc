@@ -180,7 +180,7 @@ void Server::accept_loop(int listen_fd, bool is_tcp) {
   ++accepts_pending_;
   slots_[0]->reactor->accept(listen_fd, [this, listen_fd, is_tcp](int res) {
     --accepts_pending_;
-    if (slots_[0]->draining) {
+    if (!accepting_ || slots_[0]->draining) {
       if (res >= 0) ::close(res);
       return;
     }
@@ -262,6 +262,7 @@ Status Server::run() {
 
   // Listeners first, so that no new connection arrives while draining.
   slots_[0]->reactor->post([this] {
+    accepting_ = false;  // the accepts now fail with EINVAL: expected
     for (int fd : listen_fds_) ::shutdown(fd, SHUT_RDWR);
   });
   for (auto& slot : slots_) {

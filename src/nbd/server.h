@@ -79,6 +79,7 @@ class Server {
   std::atomic<uint64_t> next_id_{1};
   unsigned next_slot_ = 0;  // reactor 0 only
   unsigned accepts_pending_ = 0;  // reactor 0 only
+  bool accepting_ = true;         // reactor 0 only
 };
 
 }  // namespace rbdcache::nbd

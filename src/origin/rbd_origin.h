@@ -1,0 +1,140 @@
+// RbdOrigin: a Ceph RBD image as the origin, through librbd's C aio API.
+//
+// Glossary:
+//   cluster handle  one librados connection (rados_t), with its own threads
+//   image handle    one open image (rbd_image_t) on that connection
+//   slot            permission to have one request in librbd; at most
+//                   RbdOptions::queue_depth slots are taken at once
+//
+// Threads and lifetimes:
+//   - open() and the destructor run on one thread that is not a reactor
+//     (the main thread). open() blocks for at most about
+//     RbdOptions::timeout_seconds per step (connect, pool, image).
+//   - Every I/O call is made on a reactor thread and is issued to librbd from
+//     a reactor thread. librbd completes it on one of its own threads; that
+//     thread only releases the slot and posts the user's callback to the
+//     request's reactor with Reactor::post(). The callback therefore runs on
+//     the calling reactor's thread, exactly once, never inside the I/O call.
+//   - A request that finds every slot taken waits in a FIFO shared by all
+//     reactors. When a request completes, its slot passes to the oldest
+//     waiter, which is posted back to its own reactor to be issued. The lock
+//     guarding the slot count and the FIFO is never held across a librbd call.
+//   - The origin must outlive every request: destroy it only after every
+//     callback has run (the server drains its connections first), and after
+//     every reactor that was passed to it still exists until then.
+//
+// Durability: librbd's own cache (rbd_cache, write-around by default) may
+// acknowledge a write before the OSDs have it. flush() waits for every
+// acknowledged write; a FUA write is sent with LIBRADOS_OP_FLAG_FADVISE_FUA,
+// which bypasses write-around, and FUA discard or write-zeroes are followed
+// by a flush.
+//
+// Data I/O has no timeout (rados_osd_op_timeout stays 0): a paused or
+// recovering OSD delays requests rather than failing them.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "origin/origin.h"
+#include "origin/rbd_uri.h"
+
+namespace rbdcache {
+
+struct RbdOptions {
+  // A ceph.conf to read. Empty: librados' search ($CEPH_CONF,
+  // /etc/ceph/ceph.conf, ~/.ceph/config, ./ceph.conf).
+  std::string conf_path;
+  // The cephx user without "client.", as the rbd CLI's --id. Empty: the one
+  // CEPH_ARGS names (--id, --user, --name client.X), else "admin".
+  std::string id;
+  // A keyring file. Empty: the conf's and CEPH_ARGS' setting, else the
+  // default search (/etc/ceph/ceph.client.ID.keyring, ...).
+  std::string keyring;
+  // Bound on each step of open(): reaching the monitors and
+  // authenticating, finding the pool, opening the image.
+  unsigned timeout_seconds = 30;
+  // Most requests in librbd at once, across every reactor.
+  unsigned queue_depth = 128;
+  bool read_only = false;
+};
+
+class RbdOrigin final : public Origin {
+ public:
+  // Connects to the cluster and opens the image. A failed Status names the
+  // step that failed and what to check (user and keyring, pool, image,
+  // reachability of the monitors).
+  static Result<std::unique_ptr<RbdOrigin>> open(const RbdUri& uri, const RbdOptions& opts);
+
+  // Closes the image and the cluster connection. No request may be in flight.
+  ~RbdOrigin() override;
+  RbdOrigin(const RbdOrigin&) = delete;
+  RbdOrigin& operator=(const RbdOrigin&) = delete;
+
+  uint64_t size() const override { return size_; }
+  OriginCaps caps() const override;
+  std::string describe() const override { return uri_.to_string(); }
+
+  // The image's identity, fixed while it is open.
+  const std::string& image_id() const { return image_id_; }   // rbd_get_id
+  uint64_t object_size() const { return object_size_; }      // bytes
+  int object_order() const { return object_order_; }         // log2(object_size)
+  const std::string& client_name() const { return client_name_; }  // "client.ID"
+  unsigned queue_depth() const { return queue_depth_; }
+
+  void read(io::Reactor& r, uint64_t offset, std::span<std::byte> buf, IoCallback done) override;
+  void write(io::Reactor& r, uint64_t offset, std::span<const std::byte> buf, WriteFlags flags,
+             IoCallback done) override;
+  void flush(io::Reactor& r, IoCallback done) override;
+  void discard(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
+               IoCallback done) override;
+  void write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
+                    IoCallback done) override;
+  // Reports the whole range as allocated data: librbd's diff iteration is
+  // synchronous and per object, too slow for the reactor thread.
+  void block_status(io::Reactor& r, uint64_t offset, uint64_t length,
+                    ExtentsCallback done) override;
+  // Does nothing (caps().can_cache is false); completes with success.
+  void prefetch(io::Reactor& r, uint64_t offset, uint64_t length, IoCallback done) override;
+
+ private:
+  enum class Op { kRead, kWrite, kFlush, kDiscard, kWriteZeroes };
+  struct Request;
+
+  RbdOrigin() = default;
+  Status connect(const RbdOptions& opts);
+  Status open_image(const RbdOptions& opts);
+
+  void submit(std::unique_ptr<Request> req);        // reactor thread
+  void issue(Request* req);                         // reactor thread, slot held
+  static void on_librbd_complete(void* completion, void* arg);  // librbd thread
+  void finish(Request* req, int64_t res);           // any thread, slot held
+  void release_slot();                              // any thread
+  void complete_on_reactor(Request* req, int64_t res);  // reactor thread
+
+  RbdUri uri_;
+  std::string client_name_;
+  std::string image_id_;
+  uint64_t size_ = 0;
+  uint64_t object_size_ = 0;
+  int object_order_ = 0;
+  bool read_only_ = false;
+  unsigned queue_depth_ = 128;
+
+  // librados / librbd handles (rados_t, rados_ioctx_t, rbd_image_t).
+  void* cluster_ = nullptr;
+  void* ioctx_ = nullptr;
+  void* image_ = nullptr;
+  // Set when open timed out with librbd still working on the handles:
+  // they are then left alone (leaked) rather than closed under it.
+  bool abandoned_ = false;
+
+  std::mutex mu_;
+  unsigned in_flight_ = 0;            // guarded by mu_: slots taken
+  std::deque<Request*> waiting_;      // guarded by mu_: FIFO of requests without a slot
+};
+
+}  // namespace rbdcache
