@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds rbdcache and runs it on the embedded default: a 1 GiB file-backed
-# origin image under ./var/, exported on a unix socket. No Ceph needed.
+# origin image under ./var/, cached in writeback mode on a 256 MiB cache file
+# (with a 32 MiB metadata file), exported on a unix socket. No Ceph needed.
 #
 #   scripts/run.sh           install packages, build, start in the background
 #   scripts/run.sh stop      stop the server started by this script
@@ -15,6 +16,8 @@ SOCK=$VAR/rbdcache.sock
 PIDFILE=$VAR/rbdcache.pid
 LOG=$VAR/rbdcache.log
 ORIGIN=$VAR/origin.img
+CACHE=$VAR/cache.img
+META=$VAR/meta.img
 BUILD=$ROOT/build
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
@@ -35,7 +38,7 @@ say_how_to_use() {
   local uri="nbd+unix:///?socket=$SOCK"
   cat <<MSG
 
-rbdcache is serving $ORIGIN
+rbdcache is serving $ORIGIN, cached in writeback mode on $CACHE
   URI:   $uri
   Try:   nbdinfo '$uri'
          qemu-io -f raw -c 'write -P 0xab 0 64k' -c 'read -P 0xab 0 64k' '$uri'
@@ -72,7 +75,16 @@ if [ ! -f "$ORIGIN" ]; then
   echo "created a 1 GiB origin image at $ORIGIN"
 fi
 
-nohup "$BIN" serve --origin "file:$ORIGIN" --socket "$SOCK" >>"$LOG" 2>&1 </dev/null &
+if [ ! -f "$META" ] || [ ! -f "$CACHE" ]; then
+  rm -f "$META" "$CACHE"
+  truncate -s 256M "$CACHE"
+  truncate -s 32M "$META"
+  "$BIN" format --meta-dev "$META" --cache-dev "$CACHE" >/dev/null
+  echo "formatted a 256 MiB cache at $CACHE (metadata: $META)"
+fi
+
+nohup "$BIN" serve --origin "file:$ORIGIN" --cache-dev "$CACHE" --meta-dev "$META" \
+  --mode writeback --socket "$SOCK" >>"$LOG" 2>&1 </dev/null &
 echo $! >"$PIDFILE"
 for _ in $(seq 100); do
   [ -S "$SOCK" ] && break

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cache/attach.h"
 #include "nbd/server.h"
 #include "origin/file_origin.h"
 #include "origin/rbd_origin.h"
@@ -16,6 +17,14 @@ namespace rbdcache::cli {
 namespace {
 
 struct ServeArgs {
+  std::string cache_dev;
+  std::string meta_dev;
+  std::string mode = "writeback";
+  uint64_t sequential_cutoff = 4u << 20;
+  double dirty_high = 10;
+  double dirty_low = 5;
+  double max_dirty_age = 30;
+  double commit_interval = 1;
   std::string origin;
   std::string socket;
   std::string listen;
@@ -104,7 +113,35 @@ int serve(const ServeArgs& args) {
     log::error("{}", origin.status().to_string());
     return 1;
   }
-  Origin& o = *origin.value();
+  // With a cache, the engine is what the server serves.
+  std::unique_ptr<cache::AttachedCache> attached;
+  Origin* served = origin.value().get();
+  if (!args.cache_dev.empty()) {
+    cache::AttachOptions ao;
+    ao.cache_dev = args.cache_dev;
+    ao.meta_dev = args.meta_dev;
+    auto mode = cache::parse_mode(args.mode);
+    if (!mode.is_ok()) {
+      log::error("{}", mode.status().to_string());
+      return 2;
+    }
+    ao.engine.mode = mode.value();
+    ao.engine.sequential_cutoff = args.sequential_cutoff;
+    ao.engine.dirty_high_watermark = args.dirty_high / 100.0;
+    ao.engine.dirty_low_watermark = args.dirty_low / 100.0;
+    ao.engine.max_dirty_age =
+        std::chrono::milliseconds(static_cast<int64_t>(args.max_dirty_age * 1000));
+    ao.engine.commit_interval =
+        std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(args.commit_interval * 1000)));
+    auto c = cache::AttachedCache::open(*origin.value(), ao);
+    if (!c.is_ok()) {
+      log::error("cannot attach the cache: {}", c.status().to_string());
+      return 1;
+    }
+    attached = std::move(c).value();
+    served = &attached->engine();
+  }
+  Origin& o = *served;
   OriginCaps caps = o.caps();
 
   nbd::ExportInfo exp;
@@ -137,6 +174,17 @@ int serve(const ServeArgs& args) {
   if (!st.is_ok()) {
     log::error("{}", st.to_string());
     return 1;
+  }
+  if (attached) {
+    // Every connection has drained: commit the metadata and close cleanly.
+    // Dirty blocks stay dirty in the cache, to be written back next time.
+    cache::EngineStats es = attached->engine().stats();
+    st = attached->close();
+    if (!st.is_ok()) {
+      log::error("closing the cache: {}", st.to_string());
+      return 1;
+    }
+    log::info("cache closed: {} blocks cached, {} bytes dirty", es.mapped_blocks, es.dirty_bytes);
   }
   return 0;
 }
@@ -222,7 +270,61 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1u, 65536u))
       ->type_name("N")
       ->group(ceph);
-  cmd->callback([args, &exit_code] { exit_code = serve(*args); });
+
+  // The SSD cache.
+  auto* cache_dev = cmd->add_option("--cache-dev", args->cache_dev,
+                                    "Cache through this cache device (formatted with 'rbdcache "
+                                    "format'); without it the origin is served uncached")
+                        ->type_name("PATH")
+                        ->group("Cache");
+  auto* meta_dev = cmd->add_option("--meta-dev", args->meta_dev,
+                                   "The cache's metadata device (formatted with the cache device)")
+                       ->type_name("PATH")
+                       ->group("Cache");
+  cache_dev->needs(meta_dev);
+  meta_dev->needs(cache_dev);
+  cmd->add_option("--mode", args->mode,
+                  "writeback: writes land on the cache and are written back later; "
+                  "writethrough: writes go to both; passthrough: nothing new is cached "
+                  "(default: writeback)")
+      ->check(CLI::IsMember({"writeback", "writethrough", "passthrough"}))
+      ->type_name("MODE")
+      ->group("Cache");
+  cmd->add_option("--sequential-cutoff", args->sequential_cutoff,
+                  "Sequential streams longer than this many bytes bypass the cache "
+                  "(default 4 MiB; 0 caches them too)")
+      ->transform(CLI::AsSizeValue(false))
+      ->type_name("SIZE")
+      ->group("Cache");
+  cmd->add_option("--dirty-high", args->dirty_high,
+                  "Start writeback when this percentage of the cache is dirty (default 10)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->type_name("PERCENT")
+      ->group("Cache");
+  cmd->add_option("--dirty-low", args->dirty_low,
+                  "Stop writeback below this percentage (default 5)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->type_name("PERCENT")
+      ->group("Cache");
+  cmd->add_option("--max-dirty-age", args->max_dirty_age,
+                  "Write back a block dirty for longer than this many seconds (default 30)")
+      ->check(CLI::PositiveNumber)
+      ->type_name("SECONDS")
+      ->group("Cache");
+  cmd->add_option("--commit-interval", args->commit_interval,
+                  "Commit the metadata log at least this often, in seconds (default 1)")
+      ->check(CLI::PositiveNumber)
+      ->type_name("SECONDS")
+      ->group("Cache");
+  cmd->callback([args, &exit_code] {
+    if (args->dirty_low > args->dirty_high) {
+      log::error("--dirty-low ({}) must not exceed --dirty-high ({})", args->dirty_low,
+                 args->dirty_high);
+      exit_code = 2;
+      return;
+    }
+    exit_code = serve(*args);
+  });
 }
 
 }  // namespace rbdcache::cli
