@@ -4,6 +4,8 @@
 #include <cassert>
 #include <cstring>
 
+#include <nlohmann/json.hpp>
+
 #include "cache/smq_policy.h"
 #include "util/aligned_buffer.h"
 #include "util/log.h"
@@ -825,6 +827,33 @@ void CacheEngine::prefetch(io::Reactor& r, uint64_t offset, uint64_t length, IoC
 }
 
 // ------------------------------------------------------------ stats
+
+std::string stats_json(const EngineStats& s) {
+  nlohmann::json j = {
+      {"mode", mode_name(s.mode)},
+      {"cache_bytes", s.cache_bytes},
+      {"block_size", s.block_size},
+      {"blocks", s.blocks},
+      {"mapped_blocks", s.mapped_blocks},
+      {"dirty_blocks", s.dirty_blocks},
+      {"used_bytes", s.used_bytes},
+      {"dirty_bytes", s.dirty_bytes},
+      {"oldest_dirty_age_s", s.oldest_dirty_age_s},
+      {"read_hits", s.read_hits},
+      {"read_misses", s.read_misses},
+      {"write_hits", s.write_hits},
+      {"write_misses", s.write_misses},
+      {"promotions", s.promotions},
+      {"demotions", s.demotions},
+      {"bytes_written_back", s.bytes_written_back},
+      {"writeback_errors", s.writeback_errors},
+      {"bypassed_bytes", s.bypassed_bytes},
+      {"mapping_bytes", s.mapping_bytes},
+      {"mapping_bytes_per_block", s.mapping_bytes_per_block},
+      {"ready_slots", s.ready_slots},
+  };
+  return j.dump();
+}
 
 EngineStats CacheEngine::stats() const {
   std::lock_guard<std::mutex> lock(mu_);

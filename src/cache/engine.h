@@ -97,6 +97,9 @@ struct EngineStats {
   uint32_t ready_slots = 0;
 };
 
+// The statistics as one line of JSON (field names as in the struct).
+std::string stats_json(const EngineStats& s);
+
 class CacheEngine final : public Origin {
  public:
   // Builds the engine over an opened metadata log and cache device, loading

@@ -161,6 +161,10 @@ int serve(const ServeArgs& args) {
   if (!args.listen.empty()) opts.listen = args.listen;
   opts.threads = args.threads != 0 ? args.threads : std::max(1u, std::thread::hardware_concurrency());
 
+  if (attached) {
+    cache::CacheEngine* engine = &attached->engine();
+    opts.on_usr1 = [engine] { log::info("stats {}", cache::stats_json(engine->stats())); };
+  }
   nbd::Server server(o, exp, opts);
   Status st = server.bind();
   if (!st.is_ok()) {

@@ -56,6 +56,7 @@ void Server::block_shutdown_signals() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGPIPE);
+  sigaddset(&set, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
@@ -255,8 +256,12 @@ Status Server::run() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR1);
   int sig = 0;
-  while (sigwait(&set, &sig) != 0) {
+  while (true) {
+    if (sigwait(&set, &sig) != 0) continue;
+    if (sig != SIGUSR1) break;
+    if (options_.on_usr1) options_.on_usr1();
   }
   log::info("received {}; finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 

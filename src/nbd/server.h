@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +27,8 @@ struct ServerOptions {
   std::string socket_path;                // unix socket; empty for none
   std::optional<std::string> listen;      // TCP "ADDR:PORT" or "PORT"; loopback if no ADDR
   unsigned threads = 1;
+  // Runs on the main thread for each SIGUSR1 (e.g. to log statistics).
+  std::function<void()> on_usr1;
 };
 
 // Splits a --listen value: "ADDR:PORT", "[V6ADDR]:PORT", ":PORT" or "PORT".
@@ -46,7 +49,7 @@ class Server {
   // every thread, see block_shutdown_signals()), then drains and returns.
   Status run();
 
-  // Blocks SIGTERM, SIGINT and SIGPIPE in the calling thread; call before any
+  // Blocks SIGTERM, SIGINT, SIGPIPE and SIGUSR1 in the calling thread; call before any
   // thread is created so that every thread inherits the mask.
   static void block_shutdown_signals();
 
