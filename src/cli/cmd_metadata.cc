@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cache/mapping.h"
+#include "cache/smq_policy.h"
 #include "metalog/block_device.h"
 #include "metalog/formatter.h"
 #include "metalog/reader.h"
@@ -171,9 +173,23 @@ int run_dump(const std::string& meta_path, bool json) {
   std::map<uint32_t, const Mapping*> sorted;
   for (const auto& [c, m] : rec->state.mappings()) sorted.emplace(c.value(), &m);
   const uint32_t n = sb.sub_blocks();
+  // The RAM the mapping and the policy will take when this cache is served,
+  // measured by building them at this cache's size.
+  uint64_t ram = 0;
+  {
+    auto map = cache::Mapping::create(static_cast<uint32_t>(sb.cache_block_count), sb.cache_block_size);
+    cache::SmqConfig pc;
+    pc.nr_blocks = static_cast<uint32_t>(sb.cache_block_count);
+    pc.block_size = sb.cache_block_size;
+    auto policy = cache::SmqPolicy::create(pc);
+    if (map.is_ok() && policy.is_ok()) ram = map->memory_bytes() + policy.value()->memory_bytes();
+  }
+  const double ram_per_block =
+      sb.cache_block_count ? static_cast<double>(ram) / static_cast<double>(sb.cache_block_count) : 0;
   if (json) {
     nlohmann::json j;
     j["superblock"] = superblock_json(sb);
+    j["mapping_ram"] = {{"bytes", ram}, {"bytes_per_block", ram_per_block}};
     j["segments"] = nlohmann::json::array();
     for (size_t s = 1; s < rec->segments.size(); ++s) {
       const SegmentSummary& seg = rec->segments[s];
@@ -200,6 +216,8 @@ int run_dump(const std::string& meta_path, bool json) {
     j["notes"] = rec->notes;
     fmt::print("{}\n", j.dump(2));
   } else {
+    fmt::print("mapping RAM when served: {} bytes ({:.1f} bytes per cache block)\n", ram,
+               ram_per_block);
     fmt::print("superblock:\n");
     const nlohmann::json fields = superblock_json(sb);
     for (auto it = fields.begin(); it != fields.end(); ++it) {
