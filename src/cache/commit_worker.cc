@@ -41,8 +41,8 @@ void CommitWorker::run() {
     batch.swap(waiters_);
     bool stopping = stop_;
     lock.unlock();
-    Status st = hooks_.before ? hooks_.before() : Status::ok();
-    if (st.is_ok()) st = log_.commit();
+    if (hooks_.mark) hooks_.mark();
+    Status st = log_.commit(hooks_.before);
     if (hooks_.after) hooks_.after(st);
     if (!st.is_ok()) log::error("metadata commit failed: {}", st.to_string());
     for (Waiter& w : batch) {

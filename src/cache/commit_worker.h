@@ -30,9 +30,13 @@ class CommitWorker {
  public:
   // Runs on the worker thread around every commit.
   struct Hooks {
-    // Before the log is written; a failure aborts the commit. The engine
-    // syncs the cache device here, so that no committed entry can describe
-    // data that is not yet durable.
+    // At the start of every commit, before the log takes its batch: every
+    // entry appended before this call will be in the commit.
+    std::function<void()> mark;
+    // After the log has taken its batch and before it writes it; a failure
+    // aborts the commit and fails the log. The engine syncs the cache device
+    // here, so that no committed entry can describe data that is not yet
+    // durable (an entry is appended only after its data write completed).
     std::function<Status()> before;
     // After the commit, with its Status.
     std::function<void(const Status&)> after;

@@ -125,13 +125,11 @@ Result<std::unique_ptr<CacheEngine>> CacheEngine::create(Origin& origin, metalog
   CacheEngine* self = e.get();
   auto committed_gen = std::make_shared<uint64_t>(0);
   CommitWorker::Hooks hooks;
-  hooks.before = [self, committed_gen] {
-    {
-      std::lock_guard<std::mutex> lock(self->mu_);
-      *committed_gen = self->unmap_gen_;
-    }
-    return self->dev_.sync();
+  hooks.mark = [self, committed_gen] {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    *committed_gen = self->unmap_gen_;
   };
+  hooks.before = [self] { return self->dev_.sync(); };
   hooks.after = [self, committed_gen](const Status& st) {
     if (st.is_ok()) self->after_commit_release(*committed_gen);
   };
@@ -699,9 +697,14 @@ void CacheEngine::discard(io::Reactor& r, uint64_t offset, uint64_t length, Writ
         }
       }
     }
-    origin_.discard(*req->r, req->offset, req->length, flags, [this, req](Status st) {
+    origin_.discard(*req->r, req->offset, req->length, flags, [this, req, flags](Status st) {
       if (st.is_ok()) origin_written_.store(true);
       finish(req);
+      if (st.is_ok() && flags.fua) {
+        // Make the invalidation durable too.
+        commits_->request(*req->r, req->done);
+        return;
+      }
       req->done(std::move(st));
     });
   });
@@ -750,8 +753,12 @@ void CacheEngine::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length,
       origin_written_.store(true);
       std::vector<Part> parts;
       split(req, nullptr, parts);
-      auto join = make_join([this, req](Status jst) {
+      auto join = make_join([this, req, flags](Status jst) {
         finish(req);
+        if (jst.is_ok() && flags.fua) {
+          commits_->request(*req->r, req->done);
+          return;
+        }
         req->done(std::move(jst));
       });
       {
@@ -787,7 +794,6 @@ void CacheEngine::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length,
         }
       }
       join->report(Status::ok());
-      (void)flags;
     });
   });
 }

@@ -119,7 +119,12 @@ Status MetadataLog::commit() {
   return commit_locked();
 }
 
-Status MetadataLog::commit_locked() {
+Status MetadataLog::commit(const std::function<Status()>& before_write) {
+  std::lock_guard lk(commit_mu_);
+  return commit_locked(before_write);
+}
+
+Status MetadataLog::commit_locked(const std::function<Status()>& before_write) {
   std::vector<Entry> batch;
   std::shared_ptr<std::promise<Status>> promise;
   Status err;
@@ -130,6 +135,10 @@ Status MetadataLog::commit_locked() {
     err = error_;
   }
   Status st = err;
+  if (st.is_ok() && before_write) {
+    st = before_write();
+    if (!st.is_ok()) st = fail(st);
+  }
   if (st.is_ok() && !batch.empty()) {
     st = write_entries(kStreamMapping, batch);
     if (st.is_ok()) st = sync();

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -86,6 +87,11 @@ class MetadataLog {
   // the call is durable. A batch larger than one segment is written as
   // several groups, each atomic on its own.
   [[nodiscard]] Status commit();
+  // The same, but runs `before_write` after taking the batch and before
+  // writing it: the caller syncs there the data that the entries describe,
+  // so that every entry in the batch refers to durable data. A failure of
+  // `before_write` fails the log like a write error.
+  [[nodiscard]] Status commit(const std::function<Status()>& before_write);
 
   // Writes a checkpoint of all live mappings now (commit() also does this on
   // its own when free segments run low).
@@ -110,7 +116,7 @@ class MetadataLog {
   Status retire_dead_segments();
   Status compact_locked();
   Status fail(Status st);
-  Status commit_locked();
+  Status commit_locked(const std::function<Status()>& before_write = nullptr);
 
   BlockDevice& dev_;
   Superblock sb_;
