@@ -296,6 +296,25 @@ void CacheEngine::evict_locked(CacheBlock cb) {
   ++counters_.demotions;
 }
 
+void CacheEngine::drop_subs_locked(CacheBlock cb, SubBlockRange r) {
+  bool was_dirty = map_.is_dirty(cb);
+  map_.invalidate(cb, r);
+  note_clean_locked(cb, was_dirty);
+  if (!map_.any_valid(cb, map_.whole_block())) {
+    evict_locked(cb);
+  } else {
+    append_state_locked(cb);
+  }
+}
+
+void CacheEngine::drop_covered_locked(const std::vector<Part>& parts) {
+  for (const Part& p : parts) {
+    auto slot = map_.lookup(p.ob);
+    SubBlockRange full = covered_sub_blocks(p.s, p.e - p.s);
+    if (slot && full.count > 0) drop_subs_locked(*slot, full);
+  }
+}
+
 void CacheEngine::note_dirty_locked(CacheBlock cb, bool was_dirty) {
   if (!was_dirty && map_.is_dirty(cb)) {
     policy_->set_dirty(cb, true);
@@ -579,15 +598,7 @@ void CacheEngine::write_part(const std::shared_ptr<Request>& req, Part p, bool f
             ready_.push_back(cb);
           }
         } else if (m == Mode::kPassthrough) {
-          if (origin_st->is_ok()) {
-            map_.invalidate(cb, subs);
-            note_clean_locked(cb, was_dirty);
-            if (!map_.any_valid(cb, map_.whole_block())) {
-              evict_locked(cb);
-            } else {
-              append_state_locked(cb);
-            }
-          }
+          if (origin_st->is_ok()) drop_subs_locked(cb, subs);
         } else if (origin_st->is_ok() && cache_st->is_ok()) {
           map_.mark_valid(cb, subs);
           map_.mark_clean(cb, subs);
@@ -683,19 +694,7 @@ void CacheEngine::discard(io::Reactor& r, uint64_t offset, uint64_t length, Writ
     split(req, nullptr, parts);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (const Part& p : parts) {
-        auto slot = map_.lookup(p.ob);
-        SubBlockRange full = covered_sub_blocks(p.s, p.e - p.s);
-        if (!slot || full.count == 0) continue;
-        bool was_dirty = map_.is_dirty(*slot);
-        map_.invalidate(*slot, full);
-        note_clean_locked(*slot, was_dirty);
-        if (!map_.any_valid(*slot, map_.whole_block())) {
-          evict_locked(*slot);
-        } else {
-          append_state_locked(*slot);
-        }
-      }
+      drop_covered_locked(parts);
     }
     origin_.discard(*req->r, req->offset, req->length, flags, [this, req, flags](Status st) {
       if (st.is_ok()) origin_written_.store(true);
@@ -763,19 +762,7 @@ void CacheEngine::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length,
       });
       {
         std::lock_guard<std::mutex> lock(mu_);
-        for (const Part& p : parts) {
-          auto slot = map_.lookup(p.ob);
-          SubBlockRange full = covered_sub_blocks(p.s, p.e - p.s);
-          if (!slot || full.count == 0) continue;
-          bool was_dirty = map_.is_dirty(*slot);
-          map_.invalidate(*slot, full);
-          note_clean_locked(*slot, was_dirty);
-          if (!map_.any_valid(*slot, map_.whole_block())) {
-            evict_locked(*slot);
-          } else {
-            append_state_locked(*slot);
-          }
-        }
+        drop_covered_locked(parts);
       }
       // Cached sub-blocks the range covers only in part get zeroed in place.
       for (const Part& p : parts) {

@@ -171,6 +171,11 @@ class CacheEngine final : public Origin {
   std::optional<CacheBlock> take_ready_slot_locked();
   void append_state_locked(CacheBlock cb);
   void evict_locked(CacheBlock cb);
+  // Drops sub-blocks `r` of a mapped slot (their dirty data too); evicts
+  // the slot when nothing valid is left. The block's lock must be held.
+  void drop_subs_locked(CacheBlock cb, SubBlockRange r);
+  // drop_subs_locked() for the sub-blocks each part covers completely.
+  void drop_covered_locked(const std::vector<Part>& parts);
   void note_dirty_locked(CacheBlock cb, bool was_dirty);
   void note_clean_locked(CacheBlock cb, bool was_dirty);
 
