@@ -17,54 +17,13 @@ fio --enghelp=nbd >/dev/null 2>&1 || skip "fio has no nbd engine"
 SIZE=$((128 * 1048576))
 
 # Each job owns 16 MiB at 32 MiB intervals.
-cat >"$T/verify.fio" <<'EOF'
-[global]
-ioengine=nbd
-uri=${NBD_URI}
-size=16m
-offset_increment=32m
-numjobs=4
-iodepth=8
-bssplit=4k/50:16k/20:64k/20:1m/10
-rw=randwrite
-randrepeat=1
-random_generator=tausworthe64
-verify=crc32c
-verify_fatal=1
-verify_dump=0
-verify_state_save=0
-do_verify=1
-group_reporting=0
-
-[mixed]
-EOF
+write_fio_verify_job "$T/verify.fio" 16m 32m
 
 # run_fio LABEL ARGS...: fio must exit 0 and report no job errors.
 run_fio() {
   local label=$1
   shift
-  (cd "$T" && NBD_URI=$URI timeout 120 fio --output-format=json --output="$T/$label.json" "$@" "$T/verify.fio" \
-    >"$T/$label.out" 2>&1)
-  local rc=$?
-  if [ $rc -ne 0 ] || grep -qiE 'verify|bad|error' "$T/$label.out"; then
-    cat "$T/$label.out" >&2
-    fail "fio $label: exit $rc"
-  fi
-  python3 - "$T/$label.json" <<'EOF' || fail "fio $label reported errors"
-import json, sys
-text = open(sys.argv[1]).read()
-doc = json.loads(text[text.index("{"):])
-jobs = doc["jobs"]
-if len(jobs) != 4:
-    sys.exit("expected 4 jobs, got %d" % len(jobs))
-bad = [j["jobname"] for j in jobs if j.get("error")]
-if bad:
-    sys.exit("jobs with errors: %r" % bad)
-for j in jobs:
-    moved = j["write"]["io_bytes"] + j["read"]["io_bytes"]
-    if moved < 16 << 20:
-        sys.exit("job %s moved only %d bytes" % (j["jobname"], moved))
-EOF
+  run_fio_verify "$T/verify.fio" "$label" $((16 << 20)) 120 "$@"
 }
 
 check_gaps() {

@@ -250,3 +250,66 @@ qemu_io_expect_fail() {
     fail "qemu-io $* succeeded, expected an error"
   fi
 }
+
+# write_fio_verify_job FILE SIZE STRIDE [OFFSET]: a fio job file for four
+# connections (numjobs=4, the multi-conn case); job i writes SIZE bytes at
+# OFFSET + i * STRIDE with a mix of block sizes, then verifies them with
+# crc32c. fio reads the export's URI from $NBD_URI.
+write_fio_verify_job() {
+  local file=$1 size=$2 stride=$3 offset=${4:-0}
+  cat >"$file" <<JOB
+[global]
+ioengine=nbd
+uri=\${NBD_URI}
+offset=$offset
+size=$size
+offset_increment=$stride
+numjobs=4
+iodepth=8
+bssplit=4k/50:16k/20:64k/20:1m/10
+rw=randwrite
+randrepeat=1
+random_generator=tausworthe64
+verify=crc32c
+verify_fatal=1
+verify_dump=0
+verify_state_save=0
+do_verify=1
+group_reporting=0
+
+[mixed]
+JOB
+}
+
+# run_fio_verify JOBFILE LABEL MIN_BYTES TIMEOUT [FIO ARGS...]: runs the job
+# against $URI (TIMEOUT seconds at most, 0 for no limit). fio must exit 0 and
+# print no error, and each of its four jobs must report no error and move at
+# least MIN_BYTES.
+run_fio_verify() {
+  local job=$1 label=$2 min_bytes=$3 limit=$4
+  shift 4
+  (cd "$T" && NBD_URI=$URI timeout "$limit" fio --output-format=json --output="$T/$label.json" "$@" "$job" \
+    >"$T/$label.out" 2>&1)
+  local rc=$?
+  if [ $rc -ne 0 ] || grep -qiE 'verify|bad|error' "$T/$label.out"; then
+    cat "$T/$label.out" >&2
+    fail "fio $label: exit $rc"
+  fi
+  python3 - "$T/$label.json" "$min_bytes" <<'PY' || fail "fio $label reported errors"
+import json, sys
+text = open(sys.argv[1]).read()
+min_bytes = int(sys.argv[2])
+doc = json.loads(text[text.index("{"):])
+jobs = doc["jobs"]
+if len(jobs) != 4:
+    sys.exit("expected 4 jobs, got %d" % len(jobs))
+bad = [j["jobname"] for j in jobs if j.get("error")]
+if bad:
+    sys.exit("jobs with errors: %r" % bad)
+# Every job really moved data.
+for j in jobs:
+    moved = j["write"]["io_bytes"] + j["read"]["io_bytes"]
+    if moved < min_bytes:
+        sys.exit("job %s moved only %d bytes" % (j["jobname"], moved))
+PY
+}

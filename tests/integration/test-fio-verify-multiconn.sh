@@ -12,55 +12,13 @@ make_origin "$origin" "$SIZE" sparse
 
 # Each job owns 48 MiB at 64 MiB intervals.  The same job file is used
 # to write and then, with --verify_only, to check from fresh connections.
-cat >"$T/verify.fio" <<'EOF'
-[global]
-ioengine=nbd
-uri=${NBD_URI}
-size=48m
-offset_increment=64m
-numjobs=4
-iodepth=8
-bssplit=4k/50:16k/20:64k/20:1m/10
-rw=randwrite
-randrepeat=1
-random_generator=tausworthe64
-verify=crc32c
-verify_fatal=1
-verify_dump=0
-verify_state_save=0
-do_verify=1
-group_reporting=0
-
-[mixed]
-EOF
+write_fio_verify_job "$T/verify.fio" 48m 64m
 
 # run_fio LABEL ARGS...: fio must exit 0 and report no job errors.
 run_fio() {
   local label=$1
   shift
-  (cd "$T" && NBD_URI=$URI fio --output-format=json --output="$T/$label.json" "$@" "$T/verify.fio" \
-    >"$T/$label.out" 2>&1)
-  local rc=$?
-  if [ $rc -ne 0 ] || grep -qiE 'verify|bad|error' "$T/$label.out"; then
-    cat "$T/$label.out" >&2
-    fail "fio $label: exit $rc"
-  fi
-  python3 - "$T/$label.json" <<'EOF' || fail "fio $label reported errors"
-import json, sys
-text = open(sys.argv[1]).read()
-doc = json.loads(text[text.index("{"):])
-jobs = doc["jobs"]
-bad = [j["jobname"] for j in jobs if j.get("error")]
-if len(jobs) != 4:
-    sys.exit("expected 4 jobs, got %d" % len(jobs))
-if bad:
-    sys.exit("jobs with errors: %r" % bad)
-# Every job really moved data.
-for j in jobs:
-    moved = j["write"]["io_bytes"] + j["read"]["io_bytes"]
-    if moved < 48 << 20:
-        sys.exit("job %s moved only %d bytes" % (j["jobname"], moved))
-EOF
+  run_fio_verify "$T/verify.fio" "$label" $((48 << 20)) 0 "$@"
 }
 
 start_server "$origin"
