@@ -11,13 +11,13 @@ set -euo pipefail
 BUILD_PKGS=(
   g++ meson ninja-build pkg-config
   liburing-dev libfmt-dev libcli11-dev nlohmann-json3-dev libisal-dev
-  librbd-dev librados-dev
+  librbd-dev librados-dev libsystemd-dev libnl-3-dev libnl-genl-3-dev
 )
 TEST_PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   libnbd-bin libnbd-dev qemu-utils fio nbdkit
-  python3 util-linux procps
+  python3 util-linux bsdutils procps curl systemd
   ceph-mon ceph-osd ceph-common
 )
 

@@ -16,4 +16,11 @@ void add_serve_command(CLI::App& app, int& exit_code);
 // `format`, `check` and `dump`: the metadata device tools.
 void add_metadata_commands(CLI::App& app, int& exit_code);
 
+// `status`, `flush`, `mode`, `invalidate` and `release`: clients of a
+// running server's control socket.
+void add_control_commands(CLI::App& app, int& exit_code);
+
+// `map`, `unmap`, `list-mapped` and `attach`: the kernel's /dev/nbdX.
+void add_kernel_commands(CLI::App& app, int& exit_code);
+
 }  // namespace rbdcache::cli

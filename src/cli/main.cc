@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   rbdcache::cli::add_serve_command(app, exit_code);
   rbdcache::cli::add_metadata_commands(app, exit_code);
+  rbdcache::cli::add_control_commands(app, exit_code);
+  rbdcache::cli::add_kernel_commands(app, exit_code);
 
   try {
     app.parse(argc, argv);

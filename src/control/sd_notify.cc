@@ -1,0 +1,2 @@
+// Placeholder; see the header.
+#include "control/sd_notify.h"
