@@ -23,6 +23,7 @@ namespace rbdcache {
 namespace io {
 class Reactor;
 }
+class SharedImage;
 
 using IoCallback = std::function<void(Status)>;
 
@@ -64,6 +65,9 @@ class Origin {
   // first attach so that the cache is never served over another image.
   // Defaults to describe().
   virtual std::string identity() const { return describe(); }
+  // The image's coordination interface when other hosts may use it too (see
+  // origin/shared_image.h); nullptr when there is none (files).
+  virtual SharedImage* shared_image() { return nullptr; }
 
   virtual void read(io::Reactor& r, uint64_t offset, std::span<std::byte> buf, IoCallback done) = 0;
   virtual void write(io::Reactor& r, uint64_t offset, std::span<const std::byte> buf, WriteFlags flags,

@@ -41,6 +41,7 @@
 
 #include "origin/origin.h"
 #include "origin/rbd_uri.h"
+#include "origin/shared_image.h"
 
 namespace rbdcache {
 
@@ -62,7 +63,7 @@ struct RbdOptions {
   bool read_only = false;
 };
 
-class RbdOrigin final : public Origin {
+class RbdOrigin final : public Origin, public SharedImage {
  public:
   // Connects to the cluster and opens the image. A failed Status names the
   // step that failed and what to check (user and keyring, pool, image,
@@ -99,6 +100,19 @@ class RbdOrigin final : public Origin {
                     ExtentsCallback done) override;
   // Does nothing (caps().can_cache is false); completes with success.
   void prefetch(io::Reactor& r, uint64_t offset, uint64_t length, IoCallback done) override;
+
+  // --- SharedImage (origin/rbd_shared_image.cc) ---
+  SharedImage* shared_image() override { return read_only_ ? nullptr : this; }
+  Status acquire_exclusive_lock() override;
+  Status release_exclusive_lock() override;
+  bool holds_exclusive_lock() override;
+  Result<std::string> lock_holder() override;
+  Result<std::map<std::string, std::string>> metadata(const std::string& prefix) override;
+  Status set_metadata(const std::map<std::string, std::string>& kv) override;
+  Result<bool> snapshot_exists(const std::string& name) override;
+  Status create_snapshot(const std::string& name) override;
+  Status remove_snapshot(const std::string& name) override;
+  Result<std::vector<ByteExtent>> changed_since(const std::string& name) override;
 
  private:
   enum class Op { kRead, kWrite, kFlush, kDiscard, kWriteZeroes };
