@@ -283,6 +283,7 @@ void CacheEngine::append_state_locked(CacheBlock cb) {
 // knows no request uses the slot).
 void CacheEngine::evict_locked(CacheBlock cb) {
   dirty_since_.erase(cb);
+  flush_pending_.erase(cb);
   policy_->on_remove(cb);
   map_.remove(cb);
   // Keep the slot reserved: it is ours until its unmap is durable. The free
@@ -326,6 +327,7 @@ void CacheEngine::note_clean_locked(CacheBlock cb, bool was_dirty) {
   if (was_dirty && !(map_.is_mapped(cb) && map_.is_dirty(cb))) {
     if (map_.is_mapped(cb)) policy_->set_dirty(cb, false);
     dirty_since_.erase(cb);
+    flush_pending_.erase(cb);
   }
 }
 
@@ -868,6 +870,13 @@ EngineStats CacheEngine::stats() const {
   s.ready_slots = static_cast<uint32_t>(ready_.size());
   PolicyStats ps = policy_->stats();
   s.bypassed_bytes += ps.sequential_bypassed_bytes;
+  s.writeback_rate_bps = rate_bps_;
+  s.origin_write_bps = origin_bps_;
+  s.flush_active = flush_active_;
+  s.flush_max_rate_bps = flush_max_rate_.load();
+  if (flush_active_) {
+    for (CacheBlock cb : flush_pending_) s.flush_left_bytes += map_.dirty_mask(cb).count() * kSub;
+  }
   return s;
 }
 
@@ -895,6 +904,7 @@ void CacheEngine::bg_tick() {
       }
     }
   }
+  sample_rates();
   if (need_slots) reclaim_slots();
   const bool everything = full_writeback_.load();
   if (!wb_running_ && Clock::now() >= wb_backoff_until_ && (pressure || aged || everything)) {
@@ -957,8 +967,17 @@ void CacheEngine::run_writeback(bool everything) {
 
 // Runs a batch's units with a small window, narrower while clients are busy.
 void CacheEngine::wb_pump(const std::shared_ptr<WbBatch>& b) {
+  if (b->rate_wait) return;  // the rate limit's timer pumps again
   const size_t window = fg_in_flight_.load() > 0 ? 1 : 4;
   while (!stopping_.load() && !b->failed && b->next < b->units.size() && b->active < window) {
+    if (auto delay = rate_limit_delay(); delay.count() > 0) {
+      b->rate_wait = true;
+      bg_->timeout(static_cast<uint64_t>(delay.count()), [this, b](int) {
+        b->rate_wait = false;
+        wb_pump(b);
+      });
+      return;
+    }
     auto u = std::make_shared<WbUnit>(b->units[b->next++]);
     ++b->active;
     write_back_unit(u, [this, b](bool ok) {

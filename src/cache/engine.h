@@ -40,6 +40,8 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
+#include <optional>
 #include <vector>
 
 #include "cache/block_locks.h"
@@ -50,6 +52,7 @@
 #include "io/reactor.h"
 #include "metalog/writer.h"
 #include "origin/origin.h"
+#include "origin/shared_image.h"
 #include "util/aligned_buffer.h"
 
 namespace rbdcache::cache {
@@ -95,6 +98,22 @@ struct EngineStats {
   uint64_t mapping_bytes = 0;
   double mapping_bytes_per_block = 0;
   uint32_t ready_slots = 0;
+  // Writeback speed: over the last seconds, and over the seconds in which
+  // writeback was running (what the origin sustains). 0 = not measured yet.
+  double writeback_rate_bps = 0;
+  double origin_write_bps = 0;
+  // The operator's flush (begin_flush()), if one is running.
+  bool flush_active = false;
+  uint64_t flush_left_bytes = 0;
+  uint64_t flush_max_rate_bps = 0;  // 0 = unlimited
+};
+
+// What invalidate() dropped.
+struct InvalidateResult {
+  uint32_t blocks = 0;              // blocks that lost data
+  uint64_t clean_bytes = 0;         // clean data dropped
+  uint64_t dirty_bytes = 0;         // dirty data discarded (lost)
+  uint64_t dirty_kept_bytes = 0;    // dirty data in the range, kept
 };
 
 // The statistics as one line of JSON (field names as in the struct).
@@ -135,6 +154,29 @@ class CacheEngine final : public Origin {
   EngineStats stats() const;
   // Asks the background writer to write back every dirty block now.
   void request_full_writeback();
+
+  // --- Operator controls (cache/engine_control.cc). Each blocks; call them
+  // from a thread that is not a reactor. ---
+
+  // Drops the cached data of every block that overlaps `extents` (every
+  // block when nullopt): clean sub-blocks always, dirty ones only when
+  // `discard_dirty` (that data is then lost for good). Waits for each
+  // block's lock, so clients may keep running; returns once the change is
+  // committed to the metadata log.
+  [[nodiscard]] Result<InvalidateResult> invalidate(
+      const std::optional<std::vector<ByteExtent>>& extents, bool discard_dirty);
+
+  // Starts writing back every block that is dirty now, at most
+  // `max_rate_bps` bytes per second (0: no limit). Client I/O goes on;
+  // blocks dirtied later are not waited for. Progress: flush_left_bytes().
+  void begin_flush(uint64_t max_rate_bps);
+  // Dirty bytes left of the blocks begin_flush() found dirty.
+  uint64_t flush_left_bytes() const;
+  // Ends the flush (done or abandoned) and lifts its rate limit.
+  void end_flush();
+  // Flushes the origin and commits the metadata log: after ok, every write
+  // acknowledged before the call that reached the origin is durable there.
+  [[nodiscard]] Status sync_origin();
 
  private:
   struct Request;
@@ -187,12 +229,22 @@ class CacheEngine final : public Origin {
     size_t active = 0;
     bool failed = false;
     bool everything = false;
+    bool rate_wait = false;  // a timer will pump again (flush rate limit)
   };
   void run_writeback(bool everything);
   void wb_pump(const std::shared_ptr<WbBatch>& b);
   void write_back_unit(std::shared_ptr<WbUnit> unit, std::function<void(bool ok)> done);
   void reclaim_slots();
   void after_commit_release(uint64_t gen);
+  // Drops sub-blocks `mask` of a mapped slot; evicts it when nothing valid
+  // is left. The block's lock must be held.
+  void drop_mask_locked(CacheBlock cb, SubBlockMask mask);
+  // Runs `fn` on the background reactor and waits for its result.
+  Status run_on_bg(std::function<void(std::function<void(Status)>)> fn);
+  // Updates the writeback rate figures (bg thread, once a tick).
+  void sample_rates();
+  // Delay before the next writeback unit under the flush's rate limit.
+  std::chrono::nanoseconds rate_limit_delay();
 
   Origin& origin_;
   metalog::MetadataLog& log_;
@@ -230,6 +282,19 @@ class CacheEngine final : public Origin {
   std::chrono::steady_clock::time_point wb_backoff_until_{};  // bg thread only
   std::chrono::milliseconds wb_backoff_{0};                   // bg thread only
   bool reclaim_running_ = false;  // bg thread only
+
+  // The operator's flush: slots dirty when it began and not yet cleaned.
+  std::unordered_set<CacheBlock> flush_pending_;  // guarded by mu_
+  bool flush_active_ = false;                     // guarded by mu_
+  std::atomic<uint64_t> flush_max_rate_{0};
+  std::chrono::steady_clock::time_point rate_start_{};  // bg thread only
+  uint64_t rate_start_bytes_ = 0;                       // bg thread only
+  // Rate sampling (bg thread writes, stats() reads under mu_).
+  std::chrono::steady_clock::time_point sample_at_{};
+  uint64_t sample_bytes_ = 0;
+  bool sample_wb_active_ = false;
+  double rate_bps_ = 0;       // guarded by mu_
+  double origin_bps_ = 0;     // guarded by mu_
   bool shut_down_ = false;
 };
 
