@@ -70,6 +70,25 @@ Result<std::unique_ptr<AttachedCache>> AttachedCache::open(Origin& origin, const
         fmt::format("refusing to serve from metadata device '{}'", opts.meta_dev));
   }
   c->log_ = std::move(log).value();
+
+  AttachPlan plan;
+  if (SharedImage* img = origin.shared_image()) {
+    uint64_t valid = 0, dirty = 0;
+    for (const auto& [cb, m] : c->log_->mappings()) {
+      if (!m.valid.none()) ++valid;
+      if (!m.dirty.none()) ++dirty;
+    }
+    CacheOwnership::Options oo;
+    oo.mode = opts.engine.mode;
+    oo.force = opts.force;
+    oo.host = opts.host;
+    auto own = CacheOwnership::attach(*img, c->log_->superblock(), valid, dirty, oo, plan);
+    if (!own.is_ok()) return own.status();
+    c->ownership_ = std::move(own).value();
+    metalog::Superblock updated = c->log_->superblock();
+    updated.cache_epoch = plan.new_epoch;
+    RBDCACHE_RETURN_IF_ERROR(metalog::write_superblock(*c->meta_, updated));
+  }
   const metalog::Superblock& s = c->log_->superblock();
 
   auto dev = FileCacheDevice::open(opts.cache_dev, s.cache_data_offset, s.cache_block_size,
@@ -80,6 +99,19 @@ Result<std::unique_ptr<AttachedCache>> AttachedCache::open(Origin& origin, const
   auto engine = CacheEngine::create(origin, *c->log_, *c->dev_, opts.engine);
   if (!engine.is_ok()) return engine.status();
   c->engine_ = std::move(engine).value();
+  if (plan.drop_clean) {
+    log::warn("dropping clean cached blocks before serving: {}", plan.reason);
+    std::optional<std::vector<ByteExtent>> which;
+    if (!plan.drop_clean->empty()) which = std::move(*plan.drop_clean);
+    auto dropped = c->engine_->invalidate(which, false);
+    if (!dropped.is_ok()) return dropped.status();
+    if (dropped->dirty_kept_bytes > 0 && which) {
+      log::warn("{} bytes of this cache's DIRTY data lie where the image was written while the "
+                "cache was away; the cache's data wins and will be written back over it",
+                dropped->dirty_kept_bytes);
+    }
+  }
+  if (c->ownership_) c->ownership_->attached();
   return c;
 }
 
@@ -90,6 +122,10 @@ AttachedCache::~AttachedCache() {
 Status AttachedCache::close() {
   if (!engine_) return Status::ok();
   Status st = engine_->shutdown();
+  if (ownership_ && st.is_ok()) {
+    EngineStats es = engine_->stats();
+    ownership_->detach(es.mapped_blocks, es.dirty_blocks);
+  }
   engine_.reset();
   return st;
 }

@@ -9,6 +9,9 @@
 //   - a cache device smaller than the superblock says;
 //   - a cache formatted for (first attached to) another origin.
 // On the first attach the origin's identity is written to the superblock.
+// For a shared origin (RBD), CacheOwnership's rules apply as well
+// (cache/ownership.h): the exclusive lock, another cache's dirty data, and
+// dropping clean blocks the image changed while this cache was away.
 #pragma once
 
 #include <memory>
@@ -16,6 +19,7 @@
 
 #include "cache/cache_device.h"
 #include "cache/engine.h"
+#include "cache/ownership.h"
 #include "metalog/block_device.h"
 #include "metalog/writer.h"
 #include "origin/origin.h"
@@ -26,6 +30,8 @@ struct AttachOptions {
   std::string meta_dev;
   std::string cache_dev;
   EngineOptions engine;
+  bool force = false;  // CacheOwnership::Options::force
+  std::string host;    // this host's name, recorded in the image
 };
 
 class AttachedCache {
@@ -37,9 +43,12 @@ class AttachedCache {
   CacheEngine& engine() { return *engine_; }
   const metalog::Superblock& superblock() const { return log_->superblock(); }
   metalog::MetadataLog& log() { return *log_; }
+  // nullptr for an origin that is not shared (a file).
+  CacheOwnership* ownership() { return ownership_.get(); }
 
-  // Stops background work and closes the metadata log cleanly.
-  Status close();
+  // Stops background work and closes the metadata log cleanly; for a shared
+  // image, leaves the detach snapshot and records the final state.
+  [[nodiscard]] Status close();
 
  private:
   AttachedCache() = default;
@@ -47,6 +56,7 @@ class AttachedCache {
   std::unique_ptr<metalog::MetadataLog> log_;
   std::unique_ptr<FileCacheDevice> dev_;
   std::unique_ptr<CacheEngine> engine_;
+  std::unique_ptr<CacheOwnership> ownership_;
 };
 
 }  // namespace rbdcache::cache

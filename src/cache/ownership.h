@@ -1,0 +1,106 @@
+// CacheOwnership: a cache's claim on a shared origin image (RBD), so that a
+// cache never serves data the image no longer holds and never hides writes
+// from another host.
+//
+// The rules (docs/ownership.md explains them for operators):
+//   - Writeback mode, or any dirty block in the cache, holds the image's
+//     exclusive lock. Another writer is refused, with the holder named.
+//   - The image's metadata records the last cache to attach, under
+//     "rbdcache." keys: cache (uuid), host, pid, epoch, state (clean or
+//     dirty), updated (UTC time). "dirty" means that cache may hold writes
+//     the image lacks; it is written at attach in writeback mode and cleared
+//     only by a completed flush out of writeback mode or a clean detach with
+//     nothing dirty.
+//   - Attaching is refused (unless forced) when the metadata says another
+//     cache may hold dirty data, or when this cache holds dirty data but
+//     another cache has attached to the image since this one last did.
+//   - A clean detach leaves a snapshot "rbdcache.<cache uuid>" of the image.
+//     The next attach diffs the image against it and drops the clean cached
+//     blocks that changed meanwhile, then deletes it. Without that snapshot
+//     (a crash, or a failed snapshot) every clean block is dropped.
+//   - The cache epoch (superblock and metadata) grows by one at each attach.
+//
+// Threads: every call blocks on the cluster; main or control thread only.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cache/engine.h"
+#include "metalog/superblock.h"
+#include "origin/shared_image.h"
+
+namespace rbdcache::cache {
+
+// What attach found, for the caller to apply before serving.
+struct AttachPlan {
+  // Clean blocks to drop: nullopt = none, empty vector = all of them.
+  std::optional<std::vector<ByteExtent>> drop_clean;
+  std::string reason;      // why, for the log
+  uint64_t new_epoch = 0;  // to write to the superblock
+};
+
+// The image metadata of the last attached cache, parsed.
+struct ImageCacheRecord {
+  std::string cache, host, pid, state, updated;
+  uint64_t epoch = 0;
+  bool present() const { return !cache.empty(); }
+  std::string who() const;  // "cache U on host H (pid P)"
+};
+
+class CacheOwnership {
+ public:
+  struct Options {
+    Mode mode = Mode::kWriteback;
+    bool force = false;      // attach despite another cache's dirty data
+    std::string host;        // this host's name, for the metadata
+  };
+
+  // Takes the lock when needed, checks the metadata, plans the stale-block
+  // invalidation and records this cache in the image's metadata. `sb` is
+  // the cache's superblock; `valid_blocks` and `dirty_blocks` its committed
+  // content. A refusal is EBUSY (lock held elsewhere) or EEXIST (another
+  // cache's dirty data), with what to do in the message.
+  static Result<std::unique_ptr<CacheOwnership>> attach(SharedImage& image,
+                                                        const metalog::Superblock& sb,
+                                                        uint64_t valid_blocks,
+                                                        uint64_t dirty_blocks, Options opts,
+                                                        AttachPlan& plan);
+
+  // Call after the plan's invalidation is committed: removes the snapshot.
+  void attached();
+
+  // Records the cache's state after a completed flush, or after a mode
+  // change: "clean" only when nothing is dirty and the mode cannot make
+  // new dirty data.
+  [[nodiscard]] Status record_state(Mode mode, uint64_t dirty_bytes);
+
+  // Before writeback mode: takes the exclusive lock unless held.
+  [[nodiscard]] Status ensure_lock();
+  // Gives the lock up; refused while anything is dirty or in writeback mode.
+  [[nodiscard]] Status release(Mode mode, uint64_t dirty_bytes);
+  bool holds_lock() { return image_.holds_exclusive_lock(); }
+  uint64_t epoch() const { return epoch_; }
+
+  // At a clean detach (the engine is shut down): snapshot for the next
+  // attach when anything is cached, and record the final state.
+  void detach(uint64_t valid_blocks, uint64_t dirty_blocks);
+
+  static std::string snapshot_name(const metalog::Uuid& cache);
+  static Result<ImageCacheRecord> read_record(SharedImage& image);
+
+ private:
+  CacheOwnership(SharedImage& image, std::string uuid, std::string host, uint64_t epoch)
+      : image_(image), uuid_(std::move(uuid)), host_(std::move(host)), epoch_(epoch) {}
+
+  SharedImage& image_;
+  std::string uuid_;
+  std::string host_;
+  uint64_t epoch_;
+  std::string snapshot_;
+  bool remove_snapshot_ = false;
+};
+
+}  // namespace rbdcache::cache
