@@ -7,6 +7,8 @@
 
 #include "cli/commands.h"
 #include "cache/attach.h"
+#include "control/commands.h"
+#include "control/control_server.h"
 #include "nbd/server.h"
 #include "origin/file_origin.h"
 #include "origin/rbd_origin.h"
@@ -27,11 +29,14 @@ struct ServeArgs {
   double commit_interval = 1;
   std::string origin;
   std::string socket;
+  std::string control;
+  bool no_control = false;
   std::string listen;
   std::string export_name;
   bool read_only = false;
   unsigned threads = 0;
   bool verbose = false;
+  bool force = false;
   RbdOptions rbd;  // --ceph-conf, --ceph-id, --keyring, --ceph-timeout, --rbd-queue-depth
 };
 
@@ -103,6 +108,41 @@ Result<std::unique_ptr<Origin>> open_origin_interruptibly(const ServeArgs& args)
   return origin;
 }
 
+// The control socket's path: --control, else the NBD socket's path with
+// ".sock" replaced by ".ctl" (or ".ctl" appended); empty for none.
+std::string control_path(const ServeArgs& args) {
+  if (args.no_control) return {};
+  if (!args.control.empty()) return args.control;
+  if (args.socket.empty()) return {};
+  std::string p = args.socket;
+  if (p.size() > 5 && p.compare(p.size() - 5, 5, ".sock") == 0) p.resize(p.size() - 5);
+  return p + ".ctl";
+}
+
+// A reactor on a thread of its own for the control plane (control socket,
+// metrics), so that operators are answered however busy the data path is.
+class ControlThread {
+ public:
+  Status start() {
+    auto r = io::Reactor::create(64, 900);
+    if (!r.is_ok()) return r.status().with_context("cannot start the control reactor");
+    reactor_ = std::move(r).value();
+    thread_ = std::thread([this] { reactor_->run(); });
+    return Status::ok();
+  }
+  io::Reactor& reactor() { return *reactor_; }
+  ~ControlThread() {
+    if (reactor_) {
+      reactor_->stop();
+      thread_.join();
+    }
+  }
+
+ private:
+  std::unique_ptr<io::Reactor> reactor_;
+  std::thread thread_;
+};
+
 int serve(const ServeArgs& args) {
   if (args.verbose) log::set_level(log::Level::kDebug);
   // Before the origin starts threads of its own (librados), so that they
@@ -120,6 +160,9 @@ int serve(const ServeArgs& args) {
     cache::AttachOptions ao;
     ao.cache_dev = args.cache_dev;
     ao.meta_dev = args.meta_dev;
+    ao.force = args.force;
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) == 0) ao.host = host;
     auto mode = cache::parse_mode(args.mode);
     if (!mode.is_ok()) {
       log::error("{}", mode.status().to_string());
@@ -171,10 +214,34 @@ int serve(const ServeArgs& args) {
     log::error("{}", st.to_string());
     return 1;
   }
+
+  // The control plane.
+  ControlThread control_thread;
+  st = control_thread.start();
+  if (!st.is_ok()) {
+    log::error("{}", st.to_string());
+    return 1;
+  }
+  control::ControlContext control_ctx{*origin.value(), attached.get(), {}};
+  std::unique_ptr<control::ControlServer> control_server;
+  if (std::string path = control_path(args); !path.empty()) {
+    auto cs = control::ControlServer::start(control_thread.reactor(), path,
+                                            control::make_control_handler(control_ctx));
+    if (!cs.is_ok()) {
+      log::error("{}", cs.status().to_string());
+      return 1;
+    }
+    control_server = std::move(cs).value();
+    log::info("control socket at {}", path);
+  } else {
+    log::info("no control socket (serving on TCP only; give --control PATH for one)");
+  }
   log::info("serving {} ({} bytes{}) at {} with {} thread(s)", o.describe(), exp.size,
             exp.read_only ? ", read-only" : "", server.uri(), opts.threads);
   if (server.tcp_port() != 0) log::info("also listening on TCP port {}", server.tcp_port());
   st = server.run();
+  // No new operator commands; running ones (a flush) give up.
+  if (control_server) control_server->stop();
   if (!st.is_ok()) {
     log::error("{}", st.to_string());
     return 1;
@@ -198,6 +265,10 @@ int serve(const ServeArgs& args) {
 void add_serve_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<ServeArgs>();
   auto* cmd = app.add_subcommand("serve", "Serve an origin image over NBD");
+  cmd->set_config("--config", "",
+                  "Read options from this file: one 'option = value' per line, with the long\n"
+                  "option names without dashes (see docs/examples/rbdcache-vm.conf); options on\n"
+                  "the command line win");
   cmd->footer(
       "\nThe export is reachable as nbd+unix:///NAME?socket=PATH (or nbd://HOST:PORT/NAME with\n"
       "--listen). The empty export name also selects it. SIGTERM or SIGINT stops the server\n"
@@ -218,6 +289,11 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->type_name("URI");
   cmd->add_option("--socket", args->socket, "Listen on this unix socket path (a stale socket is replaced)")
       ->type_name("PATH");
+  cmd->add_option("--control", args->control,
+                  "The control socket for 'rbdcache status', 'flush', 'mode', 'invalidate' and\n"
+                  "'release' (mode 0600; default: the --socket path with .sock replaced by .ctl)")
+      ->type_name("PATH");
+  cmd->add_flag("--no-control", args->no_control, "Open no control socket");
   cmd->add_option("--listen", args->listen,
                   "Also listen on TCP: PORT or ADDR:PORT; without ADDR only loopback (127.0.0.1)")
       ->check(CLI::Validator(
@@ -314,6 +390,12 @@ void add_serve_command(CLI::App& app, int& exit_code) {
                   "Write back a block dirty for longer than this many seconds (default 30)")
       ->check(CLI::PositiveNumber)
       ->type_name("SECONDS")
+      ->group("Cache");
+  cmd->add_flag("--force", args->force,
+                "DANGEROUS: attach to an RBD image although its metadata says another cache may\n"
+                "hold writes the image lacks (that cache's host is lost), or although another\n"
+                "cache used the image after this one's dirty data was written. The other\n"
+                "cache's unflushed writes are lost, or this cache's overwrite newer data")
       ->group("Cache");
   cmd->add_option("--commit-interval", args->commit_interval,
                   "Commit the metadata log at least this often, in seconds (default 1)")
