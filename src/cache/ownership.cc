@@ -64,7 +64,23 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
   auto rec = read_record(image);
   if (!rec.is_ok()) return rec.status();
 
-  // 1. The lock, first: nothing below may race another writer.
+  // 1. Another cache's dirty data. Checked before taking the lock, which
+  // can take up to the OSDs' watch timeout (30 s) when its holder died.
+  const bool others_dirty = rec->present() && rec->cache != uuid && rec->state == "dirty";
+  if (others_dirty && !opts.force) {
+    auto holder = image.lock_holder();
+    std::string lock = holder.is_ok() && !holder->empty()
+                           ? fmt::format("RBD image is locked by {}; ", holder.value())
+                           : std::string();
+    return Status::from_errno(EEXIST, fmt::format(
+        "{}{} recorded at {} that it may hold writes this image does not have yet (state "
+        "dirty, epoch {}). Run 'rbdcache flush' there first. If that cache is lost for good, "
+        "--force attaches anyway: its unflushed writes are then lost, and it must never be "
+        "attached to this image again without --force",
+        lock, rec->who(), rec->updated.empty() ? "an unknown time" : rec->updated, rec->epoch));
+  }
+
+  // 2. The lock: nothing below may race another writer.
   if (opts.mode == Mode::kWriteback || dirty_blocks > 0) {
     Status st = image.acquire_exclusive_lock();
     if (!st.is_ok()) {
@@ -75,17 +91,7 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
       return st;
     }
   }
-
-  // 2. Another cache's dirty data, or a take-over behind our dirty data.
-  if (rec->present() && rec->cache != uuid && rec->state == "dirty") {
-    if (!opts.force) {
-      return Status::from_errno(EEXIST, fmt::format(
-          "{} recorded at {} that it may hold writes this image does not have yet (state "
-          "dirty, epoch {}). Run 'rbdcache flush' there first. If that cache is lost for good, "
-          "--force attaches anyway: its unflushed writes are then lost, and it must never be "
-          "attached to this image again without --force",
-          rec->who(), rec->updated.empty() ? "an unknown time" : rec->updated, rec->epoch));
-    }
+  if (others_dirty) {
     log::warn("--force: IGNORING {}, which may hold unflushed writes to this image; those "
               "writes are lost if it never flushes, and overwrite newer data if it does",
               rec->who());
@@ -105,6 +111,7 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
 
   auto own = std::unique_ptr<CacheOwnership>(new CacheOwnership(
       image, uuid, opts.host, std::max(rec->epoch, sb.cache_epoch) + 1));
+  own->claimed_ = opts.mode == Mode::kWriteback || dirty_blocks > 0;
   own->snapshot_ = snapshot_name(sb.uuid);
 
   // 3. Stale clean blocks: what changed since this cache let go of the image.
@@ -156,8 +163,10 @@ Status CacheOwnership::record_state(Mode mode, uint64_t dirty) {
 }
 
 Status CacheOwnership::ensure_lock() {
-  if (image_.holds_exclusive_lock()) return Status::ok();
-  return image_.acquire_exclusive_lock();
+  if (holds_lock()) return Status::ok();
+  RBDCACHE_RETURN_IF_ERROR(image_.acquire_exclusive_lock());
+  claimed_ = true;
+  return Status::ok();
 }
 
 Status CacheOwnership::release(Mode mode, uint64_t dirty_bytes) {
@@ -167,7 +176,9 @@ Status CacheOwnership::release(Mode mode, uint64_t dirty_bytes) {
         "'rbdcache flush --wait --then passthrough' first", dirty_bytes, mode_name(mode)));
   }
   RBDCACHE_RETURN_IF_ERROR(record_state(mode, 0));
-  return image_.release_exclusive_lock();
+  RBDCACHE_RETURN_IF_ERROR(image_.release_exclusive_lock());
+  claimed_ = false;
+  return Status::ok();
 }
 
 void CacheOwnership::detach(uint64_t valid_blocks, uint64_t dirty_blocks) {

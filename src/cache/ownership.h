@@ -81,7 +81,10 @@ class CacheOwnership {
   [[nodiscard]] Status ensure_lock();
   // Gives the lock up; refused while anything is dirty or in writeback mode.
   [[nodiscard]] Status release(Mode mode, uint64_t dirty_bytes);
-  bool holds_lock() { return image_.holds_exclusive_lock(); }
+  // True while this cache has claimed the lock (writeback, dirty data) and
+  // still holds it. In the other modes librbd may hold it for a moment on
+  // its own, but gives it to any client that asks: that does not count.
+  bool holds_lock() { return claimed_ && image_.holds_exclusive_lock(); }
   uint64_t epoch() const { return epoch_; }
 
   // At a clean detach (the engine is shut down): snapshot for the next
@@ -101,6 +104,7 @@ class CacheOwnership {
   uint64_t epoch_;
   std::string snapshot_;
   bool remove_snapshot_ = false;
+  bool claimed_ = false;  // the lock was taken explicitly
 };
 
 }  // namespace rbdcache::cache

@@ -137,8 +137,7 @@ Status RbdOrigin::remove_snapshot(const std::string& name) {
 }
 
 Result<std::vector<ByteExtent>> RbdOrigin::changed_since(const std::string& name) {
-  std::vector<ByteExtent> out;
-  auto cb = [](uint64_t off, size_t len, int /*exists*/, void* arg) -> int {
+  auto collect = [](uint64_t off, size_t len, int /*exists*/, void* arg) -> int {
     auto* v = static_cast<std::vector<ByteExtent>*>(arg);
     if (!v->empty() && v->back().offset + v->back().length == off) {
       v->back().length += len;
@@ -147,8 +146,15 @@ Result<std::vector<ByteExtent>> RbdOrigin::changed_since(const std::string& name
     }
     return 0;
   };
-  // whole_object: with the fast-diff feature this reads only object maps.
-  int rc = rbd_diff_iterate2(as_image(image_), name.c_str(), 0, size_, 1, 1, cb, &out);
+  // First the changed objects (cheap with the fast-diff feature: object
+  // maps only), then the exact extents inside each of them.
+  std::vector<ByteExtent> objects;
+  int rc = rbd_diff_iterate2(as_image(image_), name.c_str(), 0, size_, 1, 1, collect, &objects);
+  std::vector<ByteExtent> out;
+  for (const ByteExtent& o : objects) {
+    if (rc < 0) break;
+    rc = rbd_diff_iterate2(as_image(image_), name.c_str(), o.offset, o.length, 1, 0, collect, &out);
+  }
   if (rc < 0) {
     return Status::system_error(-rc, fmt::format("cannot compare '{}' with snapshot '{}'",
                                                  uri_.spec(), name));

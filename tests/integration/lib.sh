@@ -129,6 +129,7 @@ start_server() {
   shift
   _server_seq=$((_server_seq + 1))
   SOCK="$T/nbd$_server_seq.sock"
+  CTL="$T/nbd$_server_seq.ctl"  # rbdcache's default control socket
   SERVER_LOG="$T/server$_server_seq.log"
   local export_name=""
 

@@ -60,6 +60,7 @@ start_rbd_server() {
   shift
   _server_seq=$((_server_seq + 1))
   SOCK="$T/nbd$_server_seq.sock"
+  CTL="$T/nbd$_server_seq.ctl"
   SERVER_LOG="$T/server$_server_seq.log"
   "${RBD_SERVER_ENV[@]}" "$RBDCACHE" serve --origin "rbd:$spec" --socket "$SOCK" "$@" </dev/null >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
@@ -77,6 +78,8 @@ _ceph_cleanup() {
     _kill_and_reap "$pid"
   done
   for spec in "${_images[@]}"; do
+    # A cache's detach snapshot (rbdcache.UUID) would keep the image.
+    timeout 60 rbd snap purge --no-progress "$spec" >/dev/null 2>&1
     timeout 60 rbd rm --no-progress "$spec" >/dev/null 2>&1 ||
       log "warning: could not remove image $spec"
   done
