@@ -1062,6 +1062,7 @@ void CacheEngine::write_back_unit(std::shared_ptr<WbUnit> unit, std::function<vo
         writes->push_back(Write{off, len, {i}});
       }
     }
+    for (const Write& w : *writes) rate_issued_bytes_ += w.length;  // flush --max-rate
     auto shared_pieces = std::make_shared<std::vector<Piece>>(std::move(pieces));
     auto join = make_join(nullptr);
     join->done = [this, &r, unit, shared_pieces, writes, done](Status st) {

@@ -288,7 +288,7 @@ class CacheEngine final : public Origin {
   bool flush_active_ = false;                     // guarded by mu_
   std::atomic<uint64_t> flush_max_rate_{0};
   std::chrono::steady_clock::time_point rate_start_{};  // bg thread only
-  uint64_t rate_start_bytes_ = 0;                       // bg thread only
+  uint64_t rate_issued_bytes_ = 0;  // bg thread only: writeback bytes issued since rate_start_
   // Rate sampling (bg thread writes, stats() reads under mu_).
   std::chrono::steady_clock::time_point sample_at_{};
   uint64_t sample_bytes_ = 0;

@@ -127,8 +127,7 @@ void CacheEngine::begin_flush(uint64_t max_rate_bps) {
   flush_max_rate_.store(max_rate_bps);
   bg_->post([this] {
     rate_start_ = Clock::now();
-    std::lock_guard<std::mutex> lock(mu_);
-    rate_start_bytes_ = counters_.bytes_written_back;
+    rate_issued_bytes_ = 0;
   });
   request_full_writeback();
 }
@@ -141,6 +140,9 @@ uint64_t CacheEngine::flush_left_bytes() const {
 }
 
 void CacheEngine::end_flush() {
+  // Back to the watermarks and ages: blocks dirtied during the flush are
+  // not forced out.
+  full_writeback_.store(false);
   std::lock_guard<std::mutex> lock(mu_);
   flush_pending_.clear();
   flush_active_ = false;
@@ -162,13 +164,9 @@ Status CacheEngine::sync_origin() {
 std::chrono::nanoseconds CacheEngine::rate_limit_delay() {
   const uint64_t rate = flush_max_rate_.load();
   if (rate == 0) return std::chrono::nanoseconds(0);
-  uint64_t written;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    written = counters_.bytes_written_back - rate_start_bytes_;
-  }
-  // Allow one 4 MiB unit of burst, then the rate.
-  const double allowed_s = static_cast<double>(written) / static_cast<double>(rate);
+  // Bytes issued (not completed: several units are in flight at once),
+  // allowing one unit's worth of burst.
+  const double allowed_s = static_cast<double>(rate_issued_bytes_) / static_cast<double>(rate);
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - rate_start_).count();
   const double ahead_s = allowed_s - elapsed_s - static_cast<double>(opts_.writeback_max_io) / static_cast<double>(rate);
   if (ahead_s <= 0) return std::chrono::nanoseconds(0);
