@@ -2,7 +2,7 @@
 // cache never serves data the image no longer holds and never hides writes
 // from another host.
 //
-// The rules (docs/ownership.md explains them for operators):
+// The rules (docs/migration.md explains them for operators):
 //   - Writeback mode, or any dirty block in the cache, holds the image's
 //     exclusive lock. Another writer is refused, with the holder named.
 //   - The image's metadata records the last cache to attach, under

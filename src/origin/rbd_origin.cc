@@ -77,6 +77,7 @@ Result<std::unique_ptr<RbdOrigin>> RbdOrigin::open(const RbdUri& uri, const RbdO
   o->uri_ = uri;
   o->read_only_ = opts.read_only;
   o->queue_depth_ = std::max(1u, opts.queue_depth);
+  o->timeout_seconds_ = opts.timeout_seconds;
   RBDCACHE_RETURN_IF_ERROR(o->connect(opts));
   RBDCACHE_RETURN_IF_ERROR(o->open_image(opts));
   return o;
@@ -207,6 +208,40 @@ struct OpenWait {
 
 }  // namespace
 
+// Opens an image with rbd_aio_open, so that an unresponsive OSD cannot hold
+// the caller forever: -ETIMEDOUT after `timeout_seconds` (the open is then
+// abandoned, and its handle leaked rather than closed under librbd).
+int RbdOrigin::open_handle(void* ioctx_handle, const std::string& name, bool read_only,
+                          unsigned timeout_seconds, void** image_handle) {
+  auto ioctx = static_cast<rados_ioctx_t>(ioctx_handle);
+  auto* image = reinterpret_cast<rbd_image_t*>(image_handle);
+  auto* wait = new OpenWait();
+  int rc = rbd_aio_create_completion(wait, &OpenWait::on_complete, &wait->completion);
+  if (rc < 0) {
+    delete wait;
+    return rc;
+  }
+  rc = read_only ? rbd_aio_open_read_only(ioctx, name.c_str(), image, nullptr, wait->completion)
+                 : rbd_aio_open(ioctx, name.c_str(), image, nullptr, wait->completion);
+  if (rc < 0) {
+    rbd_aio_release(wait->completion);
+    delete wait;
+    return rc;
+  }
+  std::unique_lock lock(wait->mu);
+  bool finished = wait->cv.wait_for(lock, std::chrono::seconds(std::max(1u, timeout_seconds)),
+                                    [wait] { return wait->done; });
+  if (!finished) {
+    wait->abandoned = true;  // the callback frees it
+    return -ETIMEDOUT;
+  }
+  rc = wait->result;
+  lock.unlock();
+  delete wait;
+  return rc;
+}
+
+
 Status RbdOrigin::open_image(const RbdOptions& opts) {
   rados_t cluster = as_cluster(cluster_);
   const std::string& pool = uri_.pool;
@@ -232,34 +267,14 @@ Status RbdOrigin::open_image(const RbdOptions& opts) {
   ioctx_ = ioctx;
   rados_ioctx_set_namespace(ioctx, uri_.name_space.c_str());
 
-  // rbd_aio_open, so that an unresponsive OSD cannot hold us forever.
-  auto* wait = new OpenWait();
-  rbd_image_t image = nullptr;
-  rc = rbd_aio_create_completion(wait, &OpenWait::on_complete, &wait->completion);
-  if (rc < 0) {
-    delete wait;
-    return Status::system_error(-rc, "cannot create an rbd completion");
-  }
-  rc = read_only_ ? rbd_aio_open_read_only(ioctx, uri_.image.c_str(), &image, nullptr, wait->completion)
-                  : rbd_aio_open(ioctx, uri_.image.c_str(), &image, nullptr, wait->completion);
-  if (rc < 0) {
-    rbd_aio_release(wait->completion);
-    delete wait;
-  } else {
-    std::unique_lock lock(wait->mu);
-    bool finished = wait->cv.wait_for(lock, std::chrono::seconds(std::max(1u, opts.timeout_seconds)),
-                                      [wait] { return wait->done; });
-    if (!finished) {
-      wait->abandoned = true;  // the callback frees it
-      lock.unlock();
-      abandoned_ = true;
-      return Status::from_errno(ETIMEDOUT, fmt::format(
-          "timed out after {}s opening RBD image '{}': are the cluster's OSDs up?",
-          opts.timeout_seconds, uri_.spec()));
-    }
-    rc = wait->result;
-    lock.unlock();
-    delete wait;
+  void* handle = nullptr;
+  rc = open_handle(ioctx, uri_.image, read_only_, opts.timeout_seconds, &handle);
+  rbd_image_t image = as_image(handle);
+  if (rc == -ETIMEDOUT) {
+    abandoned_ = true;
+    return Status::from_errno(ETIMEDOUT, fmt::format(
+        "timed out after {}s opening RBD image '{}': are the cluster's OSDs up?",
+        opts.timeout_seconds, uri_.spec()));
   }
   if (rc < 0) {
     const std::string where =
@@ -408,7 +423,7 @@ void RbdOrigin::submit(std::unique_ptr<Request> req) {
   Request* raw = req.release();  // owned by the FIFO or by librbd until completion
   {
     std::lock_guard lock(mu_);
-    if (in_flight_ >= queue_depth_) {
+    if (paused_ || in_flight_ >= queue_depth_) {
       waiting_.push_back(raw);
       return;
     }
@@ -470,14 +485,39 @@ void RbdOrigin::release_slot() {
   Request* next = nullptr;
   {
     std::lock_guard lock(mu_);
-    if (waiting_.empty()) {
+    if (waiting_.empty() || paused_) {
       --in_flight_;
+      if (in_flight_ == 0) drained_.notify_all();
       return;
     }
     next = waiting_.front();  // the slot passes to it
     waiting_.pop_front();
   }
   next->reactor->post([next] { next->origin->issue(next); });
+}
+
+int RbdOrigin::swap_image_handle(void* fresh) {
+  void* old;
+  {
+    std::unique_lock lock(mu_);
+    paused_ = true;
+    drained_.wait(lock, [this] { return in_flight_ == 0; });
+    old = image_;
+    image_ = fresh;
+  }
+  int rc = rbd_close(as_image(old));
+  std::vector<Request*> resume;
+  {
+    std::lock_guard lock(mu_);
+    paused_ = false;
+    while (!waiting_.empty() && in_flight_ < queue_depth_) {
+      resume.push_back(waiting_.front());
+      waiting_.pop_front();
+      ++in_flight_;
+    }
+  }
+  for (Request* req : resume) req->reactor->post([req] { req->origin->issue(req); });
+  return rc;
 }
 
 void RbdOrigin::complete_on_reactor(Request* raw, int64_t res) {

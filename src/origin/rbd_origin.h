@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <condition_variable>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -120,6 +121,12 @@ class RbdOrigin final : public Origin, public SharedImage {
 
   RbdOrigin() = default;
   Status connect(const RbdOptions& opts);
+  // Opens an image handle with rbd_aio_open, so that an unresponsive OSD
+  // cannot hold the caller forever: -ETIMEDOUT after `timeout_seconds` (the
+  // open is then abandoned and its handle leaked, never closed under
+  // librbd). Returns 0 or -errno.
+  static int open_handle(void* ioctx, const std::string& name, bool read_only,
+                         unsigned timeout_seconds, void** image);
   Status open_image(const RbdOptions& opts);
 
   void submit(std::unique_ptr<Request> req);        // reactor thread
@@ -127,6 +134,10 @@ class RbdOrigin final : public Origin, public SharedImage {
   static void on_librbd_complete(void* completion, void* arg);  // librbd thread
   void finish(Request* req, int64_t res);           // any thread, slot held
   void release_slot();                              // any thread
+  // Pauses issuing, waits for every request in librbd, closes the current
+  // image handle and resumes on `fresh`. Returns rbd_close's result.
+  // Not on a reactor thread.
+  int swap_image_handle(void* fresh);
   void complete_on_reactor(Request* req, int64_t res);  // reactor thread
 
   RbdUri uri_;
@@ -137,6 +148,7 @@ class RbdOrigin final : public Origin, public SharedImage {
   int object_order_ = 0;
   bool read_only_ = false;
   unsigned queue_depth_ = 128;
+  unsigned timeout_seconds_ = 30;
 
   // librados / librbd handles (rados_t, rados_ioctx_t, rbd_image_t).
   void* cluster_ = nullptr;
@@ -149,6 +161,10 @@ class RbdOrigin final : public Origin, public SharedImage {
   std::mutex mu_;
   unsigned in_flight_ = 0;            // guarded by mu_: slots taken
   std::deque<Request*> waiting_;      // guarded by mu_: FIFO of requests without a slot
+  // While true no request is issued (release_exclusive_lock() swaps the
+  // image handle); drained_ wakes it when in_flight_ reaches 0.
+  bool paused_ = false;               // guarded by mu_
+  std::condition_variable drained_;
 };
 
 }  // namespace rbdcache

@@ -55,10 +55,21 @@ Status RbdOrigin::acquire_exclusive_lock() {
 }
 
 Status RbdOrigin::release_exclusive_lock() {
-  int rc = rbd_lock_release(as_image(image_));
-  if (rc < 0 && rc != -EINVAL) {
-    return Status::system_error(-rc, fmt::format("cannot release the exclusive lock of '{}'",
+  // rbd_lock_release() alone would leave this handle unable to write: a
+  // handle that took the lock with rbd_lock_acquire() never asks for it
+  // again. A fresh handle cooperates as librbd's clients normally do. It is
+  // opened first (opening needs no lock); then new requests wait, the old
+  // handle drains and closes (which releases the lock), and they resume on
+  // the new one.
+  void* fresh = nullptr;
+  int rc = open_handle(ioctx_, uri_.image, read_only_, timeout_seconds_, &fresh);
+  if (rc < 0) {
+    return Status::system_error(-rc, fmt::format("cannot reopen RBD image '{}' to release its lock",
                                                  uri_.spec()));
+  }
+  rc = swap_image_handle(fresh);
+  if (rc < 0) {
+    return Status::system_error(-rc, fmt::format("closing the locked handle of '{}'", uri_.spec()));
   }
   return Status::ok();
 }

@@ -32,8 +32,9 @@ class SharedImage {
   // release_exclusive_lock() or close, refusing other clients' requests for
   // it. Fails with EBUSY, naming the holder, when another client holds it.
   [[nodiscard]] virtual Status acquire_exclusive_lock() = 0;
-  // Gives the lock up. The image may then not be written through this
-  // handle until the lock is taken again.
+  // Gives the lock up and goes back to cooperating as a plain librbd client
+  // does: another client may take the lock when it writes, and this handle
+  // asks for it back on its next write.
   [[nodiscard]] virtual Status release_exclusive_lock() = 0;
   // True while this handle holds the exclusive lock.
   virtual bool holds_exclusive_lock() = 0;

@@ -4,7 +4,8 @@
 # sockets, one RBD image) and qemu-io playing the VM:
 #   1. A serves in writeback; the VM writes.
 #   2. On A: flush --wait --then passthrough exits 0 only once `rbd export`
-#      shows every write; release; stop A.
+#      shows every write; release, after which another librbd client can
+#      write beside A and A can still write; stop A.
 #   3. B takes over (writeback, its own cache); the VM writes again.
 #   4. B flushes and stops.
 #   5. A starts again with its old cache.
@@ -46,6 +47,12 @@ assert d[20 * M:20 * M + 65536] == b"\xa3" * 65536, "20M"
 PY
 [ "$(rbd image-meta get "$IMAGE_SPEC" rbdcache.state)" = clean ] || fail "A did not record the clean state"
 "$RBDCACHE" release -c "$CTL_A" >"$T/release.out" 2>&1 || fail "release failed: $(cat "$T/release.out")"
+# After the release another client (the migration target) can write while
+# A still runs, and A, now a cooperating librbd client, can still write.
+timeout 60 qemu-io -f raw -c 'write -P 0x99 40M 64k' "rbd:$IMAGE_SPEC:id=$CEPH_USER_ID:conf=$CEPH_CONF" \
+  >"$T/direct.out" 2>&1 || fail "a direct write after the release failed: $(cat "$T/direct.out")"
+grep -qi "failed" "$T/direct.out" && fail "a direct write after the release failed: $(cat "$T/direct.out")"
+qemu_io "$URI" -c 'write -P 0x9a 44M 64k' -c flush -c 'read -P 0x99 40M 64k'
 stop_server
 expect_clean_exit "A"
 
@@ -68,7 +75,8 @@ grep -q "written elsewhere since this cache detached" "$SERVER_LOG" ||
 log "6. every read returns the newest data"
 qemu_io "$URI" -c 'read -P 0xa1 0 4M' -c 'read -P 0xb1 4M 1M' -c 'read -P 0xa1 5M 3M' \
   -c 'read -P 0xa2 8M 2M' -c 'read -P 0xb2 10M 4096' -c 'read -P 0xa2 10244k 6140k' \
-  -c 'read -P 0xa3 20M 64k' -c 'read -P 0xb3 30M 2M' -c 'read -P 0 16M 4M'
+  -c 'read -P 0xa3 20M 64k' -c 'read -P 0xb3 30M 2M' -c 'read -P 0 16M 4M' \
+  -c 'read -P 0x99 40M 64k' -c 'read -P 0x9a 44M 64k'
 get_stats
 [ "$(stat_field read_hits)" -gt 0 ] || fail "A's unchanged blocks were not kept: $STATS"
 stop_server
