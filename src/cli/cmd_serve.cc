@@ -9,6 +9,9 @@
 #include "cache/attach.h"
 #include "control/commands.h"
 #include "control/control_server.h"
+#include "control/metrics.h"
+#include "control/sd_notify.h"
+#include "control/status_doc.h"
 #include "nbd/server.h"
 #include "origin/file_origin.h"
 #include "origin/rbd_origin.h"
@@ -29,8 +32,10 @@ struct ServeArgs {
   double commit_interval = 1;
   std::string origin;
   std::string socket;
+  std::string config;
   std::string control;
   bool no_control = false;
+  std::string metrics;
   std::string listen;
   std::string export_name;
   bool read_only = false;
@@ -106,6 +111,30 @@ Result<std::unique_ptr<Origin>> open_origin_interruptibly(const ServeArgs& args)
   opening.store(false);
   watcher.join();
   return origin;
+}
+
+// CLI11 2.1 reads set_config() files only for the top-level app, so serve
+// reads its own: each `key = value` gives --key its value unless the command
+// line set it. Runs as --config's callback: before the other options'
+// callbacks (--config is added first) and before the required/needs checks.
+// Throws CLI::FileError or CLI::ConfigError (exit status 2).
+void apply_config_file(CLI::App& cmd, const std::string& path) {
+  CLI::ConfigTOML toml;
+  for (const CLI::ConfigItem& item : toml.from_file(path)) {
+    CLI::Option* opt = item.parents.empty() && item.name != "config" && item.name != "help"
+                           ? cmd.get_option_no_throw("--" + item.name)
+                           : nullptr;
+    if (opt == nullptr) {
+      throw CLI::ConfigError(fmt::format("{}: unknown setting '{}'", path, item.fullname()),
+                             CLI::ExitCodes::ConfigError);
+    }
+    if (opt->count() > 0) continue;  // the command line wins
+    if (opt->get_expected_min() == 0) {
+      opt->add_result(opt->get_flag_value(item.name, toml.to_flag(item)));
+    } else {
+      opt->add_result(item.inputs);
+    }
+  }
 }
 
 // The control socket's path: --control, else the NBD socket's path with
@@ -208,6 +237,7 @@ int serve(const ServeArgs& args) {
     cache::CacheEngine* engine = &attached->engine();
     opts.on_usr1 = [engine] { log::info("stats {}", cache::stats_json(engine->stats())); };
   }
+  opts.on_shutdown = [] { control::notify_stopping("finishing in-flight requests"); };
   nbd::Server server(o, exp, opts);
   Status st = server.bind();
   if (!st.is_ok()) {
@@ -236,11 +266,28 @@ int serve(const ServeArgs& args) {
   } else {
     log::info("no control socket (serving on TCP only; give --control PATH for one)");
   }
+  std::unique_ptr<control::MetricsServer> metrics;
+  if (!args.metrics.empty()) {
+    Origin* raw_origin = origin.value().get();
+    cache::AttachedCache* cache = attached.get();
+    auto ms = control::MetricsServer::start(
+        control_thread.reactor(), args.metrics,
+        [raw_origin, cache] { return control::status_document(*raw_origin, cache); });
+    if (!ms.is_ok()) {
+      log::error("--metrics {}: {}", args.metrics, ms.status().to_string());
+      return 1;
+    }
+    metrics = std::move(ms).value();
+    log::info("metrics at {}", metrics->url());
+  }
   log::info("serving {} ({} bytes{}) at {} with {} thread(s)", o.describe(), exp.size,
             exp.read_only ? ", read-only" : "", server.uri(), opts.threads);
   if (server.tcp_port() != 0) log::info("also listening on TCP port {}", server.tcp_port());
+  // Every socket is bound: systemd (Type=notify) may start the VM now.
+  control::notify_ready(fmt::format("serving {} at {}", o.describe(), server.uri()));
   st = server.run();
   // No new operator commands; running ones (a flush) give up.
+  if (metrics) metrics->stop();
   if (control_server) control_server->stop();
   if (!st.is_ok()) {
     log::error("{}", st.to_string());
@@ -265,10 +312,13 @@ int serve(const ServeArgs& args) {
 void add_serve_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<ServeArgs>();
   auto* cmd = app.add_subcommand("serve", "Serve an origin image over NBD");
-  cmd->set_config("--config", "",
+  // --config must be the first option added: its callback fills the others.
+  cmd->add_option("--config", args->config,
                   "Read options from this file: one 'option = value' per line, with the long\n"
                   "option names without dashes (see docs/examples/rbdcache-vm.conf); options on\n"
-                  "the command line win");
+                  "the command line win")
+      ->each([cmd](const std::string& path) { apply_config_file(*cmd, path); })
+      ->type_name("FILE");
   cmd->footer(
       "\nThe export is reachable as nbd+unix:///NAME?socket=PATH (or nbd://HOST:PORT/NAME with\n"
       "--listen). The empty export name also selects it. SIGTERM or SIGINT stops the server\n"
@@ -294,6 +344,17 @@ void add_serve_command(CLI::App& app, int& exit_code) {
                   "'release' (mode 0600; default: the --socket path with .sock replaced by .ctl)")
       ->type_name("PATH");
   cmd->add_flag("--no-control", args->no_control, "Open no control socket");
+  cmd->add_option("--metrics", args->metrics,
+                  "Serve Prometheus metrics at http://ADDR:PORT/metrics (PORT alone binds to\n"
+                  "loopback only; see docs/metrics.md)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            std::string host, port;
+            Status st = nbd::parse_listen_address(v, host, port);
+            return st.is_ok() ? std::string() : st.message();
+          },
+          "", "metrics address"))
+      ->type_name("ADDR:PORT");
   cmd->add_option("--listen", args->listen,
                   "Also listen on TCP: PORT or ADDR:PORT; without ADDR only loopback (127.0.0.1)")
       ->check(CLI::Validator(

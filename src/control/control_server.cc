@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <deque>
+#include <vector>
 #include <thread>
 
 #include <fmt/format.h>
@@ -129,23 +130,41 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(io::Reactor& r, cons
     }
     ::unlink(path.c_str());
   }
+  // Bound in a private (0700) directory beside `path`, made 0600 there and
+  // then renamed into place: nobody else can connect, not even for a
+  // moment, and the process umask stays untouched.
+  std::string tmpl = path + ".XXXXXX";
+  std::vector<char> dir(tmpl.begin(), tmpl.end());
+  dir.push_back('\0');
+  if (::mkdtemp(dir.data()) == nullptr) {
+    return Status::system_error(errno, fmt::format("cannot create a directory beside '{}'", path));
+  }
+  const std::string tmp_dir = dir.data();
+  const std::string tmp_path = tmp_dir + "/s";
+  sockaddr_un tmp_addr{};
+  tmp_addr.sun_family = AF_UNIX;
+  if (tmp_path.size() >= sizeof(tmp_addr.sun_path)) {
+    ::rmdir(tmp_dir.c_str());
+    return Status::invalid_argument(fmt::format(
+        "control socket path '{}' is too long (at most {} bytes)", path, sizeof(tmp_addr.sun_path) - 11));
+  }
+  std::memcpy(tmp_addr.sun_path, tmp_path.c_str(), tmp_path.size() + 1);
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Status::system_error(errno, "socket");
-  // Nobody but the owner may connect, not even for a moment.
-  mode_t old = ::umask(0177);
-  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  int err = errno;
-  ::umask(old);
-  if (rc != 0) {
-    ::close(fd);
-    return Status::system_error(err, fmt::format("cannot bind control socket '{}'", path));
+  if (fd < 0) {
+    int err = errno;
+    ::rmdir(tmp_dir.c_str());
+    return Status::system_error(err, "socket");
   }
-  if (::chmod(path.c_str(), 0600) != 0 || ::listen(fd, 16) != 0) {
-    err = errno;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&tmp_addr), sizeof(tmp_addr)) != 0 ||
+      ::chmod(tmp_path.c_str(), 0600) != 0 || ::listen(fd, 16) != 0 ||
+      ::rename(tmp_path.c_str(), path.c_str()) != 0) {
+    int err = errno;
     ::close(fd);
-    ::unlink(path.c_str());
-    return Status::system_error(err, fmt::format("cannot listen on control socket '{}'", path));
+    ::unlink(tmp_path.c_str());
+    ::rmdir(tmp_dir.c_str());
+    return Status::system_error(err, fmt::format("cannot create control socket '{}'", path));
   }
+  ::rmdir(tmp_dir.c_str());
   std::unique_ptr<ControlServer> s(new ControlServer(r, path, fd, std::move(handler)));
   ControlServer* self = s.get();
   {

@@ -264,6 +264,7 @@ Status Server::run() {
     if (options_.on_usr1) options_.on_usr1();
   }
   log::info("received {}; finishing in-flight requests", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (options_.on_shutdown) options_.on_shutdown();
 
   // Listeners first, so that no new connection arrives while draining.
   slots_[0]->reactor->post([this] {

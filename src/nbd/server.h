@@ -29,6 +29,8 @@ struct ServerOptions {
   unsigned threads = 1;
   // Runs on the main thread for each SIGUSR1 (e.g. to log statistics).
   std::function<void()> on_usr1;
+  // Runs on the main thread when SIGTERM or SIGINT starts the drain.
+  std::function<void()> on_shutdown;
 };
 
 // Splits a --listen value: "ADDR:PORT", "[V6ADDR]:PORT", ":PORT" or "PORT".
