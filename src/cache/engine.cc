@@ -73,6 +73,8 @@ struct CacheEngine::Request {
   uint64_t length = 0;
   OriginBlock first, last;
   IoCallback done;
+  Mode mode = Mode::kWriteback;  // for writes: the mode when it arrived
+  bool writes_origin = false;    // takes the origin locks too
   bool locked = false;
 };
 
@@ -225,14 +227,24 @@ std::shared_ptr<CacheEngine::Request> CacheEngine::make_request(io::Reactor& r, 
 }
 
 void CacheEngine::with_locks(const std::shared_ptr<Request>& req, std::function<void()> fn) {
-  locks_.lock_range(*req->r, req->first, req->last, [req, fn = std::move(fn)] {
-    req->locked = true;
-    fn();
+  locks_.lock_range(*req->r, req->first, req->last, [this, req, fn = std::move(fn)]() mutable {
+    if (!req->writes_origin) {
+      req->locked = true;
+      fn();
+      return;
+    }
+    // After the block locks, so that this cannot deadlock with writeback,
+    // which takes the origin locks while holding the block locks.
+    origin_locks_.lock_range(*req->r, req->first, req->last, [req, fn = std::move(fn)] {
+      req->locked = true;
+      fn();
+    });
   });
 }
 
 void CacheEngine::finish(const std::shared_ptr<Request>& req) {
   if (req->locked) {
+    if (req->writes_origin) origin_locks_.unlock_range(req->first, req->last);
     locks_.unlock_range(req->first, req->last);
     req->locked = false;
   }
@@ -281,7 +293,13 @@ void CacheEngine::append_state_locked(CacheBlock cb) {
 
 // Precondition: the block's origin lock is held (or the caller otherwise
 // knows no request uses the slot).
+void CacheEngine::note_rewritten_locked(CacheBlock cb) {
+  auto it = wb_in_flight_.find(cb);
+  if (it != wb_in_flight_.end()) it->second = true;
+}
+
 void CacheEngine::evict_locked(CacheBlock cb) {
+  note_rewritten_locked(cb);
   dirty_since_.erase(cb);
   flush_pending_.erase(cb);
   policy_->on_remove(cb);
@@ -298,6 +316,7 @@ void CacheEngine::evict_locked(CacheBlock cb) {
 }
 
 void CacheEngine::drop_subs_locked(CacheBlock cb, SubBlockRange r) {
+  note_rewritten_locked(cb);
   bool was_dirty = map_.is_dirty(cb);
   map_.invalidate(cb, r);
   note_clean_locked(cb, was_dirty);
@@ -472,6 +491,10 @@ void CacheEngine::write(io::Reactor& r, uint64_t offset, std::span<const std::by
                         WriteFlags flags, IoCallback done) {
   auto req = make_request(r, offset, buf.size(), std::move(done));
   std::byte* user = const_cast<std::byte*>(buf.data());  // only read from
+  req->mode = mode();
+  // Writethrough and passthrough write cached blocks to the origin, which
+  // must not race a writeback of the same blocks.
+  req->writes_origin = req->mode != Mode::kWriteback;
   with_locks(req, [this, req, user, flags] {
     std::vector<Part> parts;
     split(req, user, parts);
@@ -494,7 +517,7 @@ void CacheEngine::write(io::Reactor& r, uint64_t offset, std::span<const std::by
 
 void CacheEngine::write_part(const std::shared_ptr<Request>& req, Part p, bool fua, StatusFn done) {
   const SubBlockRange subs = p.subs();
-  const Mode m = mode();
+  const Mode m = req->mode;
   std::optional<CacheBlock> slot;
   bool fresh = false;
   bool sequential = false;
@@ -569,6 +592,7 @@ void CacheEngine::write_part(const std::shared_ptr<Request>& req, Part p, bool f
                        bool was_dirty = map_.is_dirty(cb);
                        map_.mark_dirty(cb, subs);
                        note_dirty_locked(cb, was_dirty);
+                       note_rewritten_locked(cb);
                        append_state_locked(cb);
                      }
                    }
@@ -691,6 +715,7 @@ void CacheEngine::flush(io::Reactor& r, IoCallback done) {
 void CacheEngine::discard(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
                           IoCallback done) {
   auto req = make_request(r, offset, length, std::move(done));
+  req->writes_origin = true;
   with_locks(req, [this, req, flags] {
     std::vector<Part> parts;
     split(req, nullptr, parts);
@@ -742,6 +767,7 @@ void CacheEngine::zero_partial(io::Reactor& r, OriginBlock ob, uint32_t s, uint3
 void CacheEngine::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
                                IoCallback done) {
   auto req = make_request(r, offset, length, std::move(done));
+  req->writes_origin = true;
   with_locks(req, [this, req, flags] {
     // The origin is zeroed first: if it cannot (FAST_ZERO refused), the
     // cache is left untouched.
@@ -1064,11 +1090,65 @@ void CacheEngine::write_back_unit(std::shared_ptr<WbUnit> unit, std::function<vo
     }
     for (const Write& w : *writes) rate_issued_bytes_ += w.length;  // flush --max-rate
     auto shared_pieces = std::make_shared<std::vector<Piece>>(std::move(pieces));
-    auto join = make_join(nullptr);
-    join->done = [this, &r, unit, shared_pieces, writes, done](Status st) {
+    auto bufs = std::make_shared<std::vector<std::shared_ptr<AlignedBuffer>>>();
+
+    // Phase 3, origin locks held, block locks free: origin writes, origin
+    // flush, then clean whatever did not change meanwhile.
+    auto write_out = [this, &r, unit, shared_pieces, writes, bufs, done] {
+      auto join = make_join(nullptr);
+      join->done = [this, &r, unit, shared_pieces, writes, bufs, done](Status st) {
+        auto finish_unit = [this, unit, shared_pieces, done](bool ok) {
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            for (const Piece& pc : *shared_pieces) {
+              auto it = wb_in_flight_.find(pc.slot);
+              const bool changed = it == wb_in_flight_.end() || it->second;
+              if (ok && !changed && map_.origin_of(pc.slot) == pc.ob) {
+                bool was_dirty = map_.is_dirty(pc.slot);
+                map_.mark_clean(pc.slot, pc.run);
+                note_clean_locked(pc.slot, was_dirty);
+              }
+              if (ok) counters_.bytes_written_back += uint64_t{pc.run.count} * kSub;
+            }
+            for (const Piece& pc : *shared_pieces) {
+              if (ok && map_.is_mapped(pc.slot) && map_.origin_of(pc.slot) == pc.ob) {
+                append_state_locked(pc.slot);
+              }
+              wb_in_flight_.erase(pc.slot);
+            }
+            if (!ok) ++counters_.writeback_errors;
+          }
+          origin_locks_.unlock_range(unit->first, unit->last);
+          done(ok);
+        };
+        if (!st.is_ok()) {
+          log::warn("writeback of origin blocks {}..{} failed: {}", unit->first.value(),
+                    unit->last.value(), st.to_string());
+          finish_unit(false);
+          return;
+        }
+        // The origin must hold the data durably before the blocks are clean.
+        origin_.flush(r, [finish_unit](Status fst) {
+          if (!fst.is_ok()) log::warn("origin flush after writeback failed: {}", fst.to_string());
+          finish_unit(fst.is_ok());
+        });
+      };
+      for (size_t i = 0; i < writes->size(); ++i) {
+        const Write& w = (*writes)[i];
+        auto buf = (*bufs)[i];
+        join->arm();
+        origin_.write(r, w.offset, std::as_const(*buf).span(), WriteFlags{},
+                      [buf, join](Status wst) { join->report(std::move(wst)); });
+      }
+      join->report(Status::ok());
+    };
+
+    // Phase 2, block locks held: copy the dirty data out of the cache.
+    auto copied = make_join(nullptr);
+    copied->done = [this, &r, unit, shared_pieces, write_out, done](Status st) {
       if (!st.is_ok()) {
-        log::warn("writeback of origin blocks {}..{} failed: {}", unit->first.value(),
-                  unit->last.value(), st.to_string());
+        log::warn("writeback of origin blocks {}..{}: reading the cache failed: {}",
+                  unit->first.value(), unit->last.value(), st.to_string());
         {
           std::lock_guard<std::mutex> lock(mu_);
           ++counters_.writeback_errors;
@@ -1077,50 +1157,31 @@ void CacheEngine::write_back_unit(std::shared_ptr<WbUnit> unit, std::function<vo
         done(false);
         return;
       }
-      // The origin must hold the data durably before the blocks are clean.
-      origin_.flush(r, [this, unit, shared_pieces, writes, done](Status fst) {
-        if (fst.is_ok()) {
+      // Hand over to the origin locks: from here on, cache hits and
+      // writeback-mode writes to these blocks go on while the origin works.
+      origin_locks_.lock_range(r, unit->first, unit->last, [this, unit, shared_pieces, write_out] {
+        {
           std::lock_guard<std::mutex> lock(mu_);
-          for (const Piece& pc : *shared_pieces) {
-            bool was_dirty = map_.is_dirty(pc.slot);
-            map_.mark_clean(pc.slot, pc.run);
-            note_clean_locked(pc.slot, was_dirty);
-            counters_.bytes_written_back += uint64_t{pc.run.count} * kSub;
-          }
-          for (const Piece& pc : *shared_pieces) append_state_locked(pc.slot);
-        } else {
-          log::warn("origin flush after writeback failed: {}", fst.to_string());
-          std::lock_guard<std::mutex> lock(mu_);
-          ++counters_.writeback_errors;
+          for (const Piece& pc : *shared_pieces) wb_in_flight_[pc.slot] = false;
         }
         locks_.unlock_range(unit->first, unit->last);
-        done(fst.is_ok());
+        write_out();
       });
     };
     for (const Write& w : *writes) {
       auto buf = std::make_shared<AlignedBuffer>(w.length);
-      auto step = make_join(nullptr);
-      join->arm();
-      step->done = [this, &r, w, buf, join](Status st) {
-        if (!st.is_ok()) {
-          join->report(std::move(st));
-          return;
-        }
-        origin_.write(r, w.offset, std::as_const(*buf).span(), WriteFlags{},
-                      [buf, join](Status wst) { join->report(std::move(wst)); });
-      };
+      bufs->push_back(buf);
       uint64_t at = 0;
       for (size_t i : w.pieces) {
         const Piece& pc = (*shared_pieces)[i];
-        step->arm();
+        copied->arm();
         std::span<std::byte> dst(buf->data() + at, uint64_t{pc.run.count} * kSub);
         dev_.read(r, pc.slot, pc.run.first * kSub, dst,
-                  [step](Status st) { step->report(std::move(st)); });
+                  [copied](Status st) { copied->report(std::move(st)); });
         at += dst.size();
       }
-      step->report(Status::ok());
     }
-    join->report(Status::ok());
+    copied->report(Status::ok());
   });
 }
 

@@ -219,6 +219,9 @@ class CacheEngine final : public Origin {
   // drop_subs_locked() for the sub-blocks each part covers completely.
   void drop_covered_locked(const std::vector<Part>& parts);
   void note_dirty_locked(CacheBlock cb, bool was_dirty);
+  // The slot's contents changed (written, dropped, evicted) while its
+  // writeback may be in flight: that writeback must not mark it clean.
+  void note_rewritten_locked(CacheBlock cb);
   void note_clean_locked(CacheBlock cb, bool was_dirty);
 
   // Background reactor work.
@@ -254,6 +257,12 @@ class CacheEngine final : public Origin {
   const uint32_t bs_;    // cache block size
   const uint32_t subs_;  // sub-blocks per block
   BlockLocks locks_;
+  // Held while a block's data is being written to the origin: by writeback
+  // from its copy-out to its origin flush, and by client requests that write
+  // cached blocks to the origin (writethrough, passthrough, trim,
+  // write-zeroes), always after the block lock. Cache hits and writeback
+  // mode writes take only the block lock, so they do not wait for the origin.
+  BlockLocks origin_locks_;
 
   mutable std::mutex mu_;
   Mapping map_;                       // guarded by mu_
@@ -268,6 +277,9 @@ class CacheEngine final : public Origin {
   std::unordered_map<CacheBlock, std::chrono::steady_clock::time_point> dirty_since_;  // mu_
   Status meta_error_;                    // guarded by mu_; sticky
   EngineStats counters_;                 // guarded by mu_ (counter fields only)
+  // Slots whose dirty data a writeback has copied out and is writing to the
+  // origin, and whether they changed since.
+  std::unordered_map<CacheBlock, bool> wb_in_flight_;  // guarded by mu_
 
   std::atomic<bool> origin_written_{false};  // origin writes since the last flush
   std::atomic<uint32_t> fg_in_flight_{0};

@@ -37,6 +37,7 @@ Status CacheEngine::run_on_bg(std::function<void(std::function<void(Status)>)> f
 }
 
 void CacheEngine::drop_mask_locked(CacheBlock cb, SubBlockMask mask) {
+  note_rewritten_locked(cb);
   const bool was_dirty = map_.is_dirty(cb);
   mask.for_each_run([&](SubBlockRange r) { map_.invalidate(cb, r); });
   note_clean_locked(cb, was_dirty);
