@@ -16,7 +16,13 @@
 // Concurrency:
 //   - Every request locks the origin blocks it touches (BlockLocks) for its
 //     whole life, I/O included. So operations on one block are ordered, and a
-//     write never races a promotion or a writeback of its block.
+//     write never races a promotion of its block.
+//   - Writeback holds a block's lock only while it copies the dirty data out
+//     of the cache; it then holds the block's origin lock across the origin
+//     write and flush. Requests that write cached blocks to the origin
+//     (writethrough, passthrough, trim, write-zeroes) take the origin lock
+//     too, after the block lock, so they never race a writeback. A block
+//     written or dropped while its writeback is in flight stays dirty.
 //   - mu_ guards the mapping, the policy and the engine's bookkeeping. It is
 //     held only for in-memory updates, never across I/O or a callback.
 //   - Client requests run on the NBD reactors. Writeback and slot reclaim run
