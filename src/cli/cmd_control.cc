@@ -1,12 +1,11 @@
 // `status`, `flush`, `mode`, `invalidate` and `release`: clients of the
 // control socket of a running `rbdcache serve` (control/commands.h).
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <memory>
-
-#include <fmt/format.h>
 
 #include "cli/commands.h"
 #include "control/control_client.h"
@@ -61,7 +60,8 @@ void add_control_option(CLI::App* cmd, std::string& path) {
 // Sends one request and prints a failure; returns the final line or nullopt.
 std::optional<json> request(const std::string& path, const json& req,
                             const std::function<bool(const json&)>& on_progress = nullptr) {
-  auto r = control::call(path, req, on_progress ? on_progress : [](const json&) { return true; });
+  auto r = control::call(
+      path, req, on_progress ? on_progress : [](const json&) { return true; });
   if (!r.is_ok()) {
     log::error("{}", r.status().message());
     return std::nullopt;
@@ -75,9 +75,21 @@ int print_failure(const json& reply) {
   return code == "timeout" ? kExitTimeout : 1;
 }
 
+// Sends a one-answer request; on success hands the reply to `on_ok`.
+// Returns the exit status.
+int simple_command(const std::string& path, const json& req,
+                   const std::function<void(const json&)>& on_ok) {
+  auto reply = request(path, req);
+  if (!reply) return 1;
+  if (!reply->value("ok", false)) return print_failure(*reply);
+  on_ok(*reply);
+  return 0;
+}
+
 void print_status_table(const json& d) {
   auto row = [](const std::string& k, const std::string& v) { fmt::print("  {:<22}{}\n", k, v); };
-  fmt::print("rbdcache: {} ({})\n", d.value("origin", "?"), human_bytes(num(d, "origin_size_bytes")));
+  fmt::print("rbdcache: {} ({})\n", d.value("origin", "?"),
+             human_bytes(num(d, "origin_size_bytes")));
   row("mode", d.value("mode", "?"));
   if (!d.contains("cache")) return;
   const json& c = d["cache"];
@@ -92,9 +104,9 @@ void print_status_table(const json& d) {
                            human_bytes(num(c, "block_size_bytes"))));
   row("used", fmt::format("{} ({:.1f}%), {} blocks", human_bytes(num(c, "used_bytes")),
                           size ? 100 * num(c, "used_bytes") / size : 0.0, num(c, "mapped_blocks")));
-  std::string dirty = fmt::format("{} ({:.1f}%) in {} blocks", human_bytes(num(c, "dirty_bytes")),
-                                  size ? 100 * num(c, "dirty_bytes") / size : 0.0,
-                                  num(c, "dirty_blocks"));
+  std::string dirty =
+      fmt::format("{} ({:.1f}%) in {} blocks", human_bytes(num(c, "dirty_bytes")),
+                  size ? 100 * num(c, "dirty_bytes") / size : 0.0, num(c, "dirty_blocks"));
   if (num(c, "dirty_bytes") > 0) {
     dirty += fmt::format(", oldest {}", human_seconds(num(c, "oldest_dirty_age_seconds")));
   }
@@ -105,25 +117,30 @@ void print_status_table(const json& d) {
                                 num(io, "write_hits"), num(io, "write_misses")));
   row("promotions", fmt::format("{}, demotions {}", num(io, "promotions"), num(io, "demotions")));
   row("bypassed", human_bytes(num(io, "bypassed_bytes")));
-  std::string origin_bw = wb["origin_write_bandwidth_bytes_per_second"].is_number()
-                              ? human_bytes(num(wb, "origin_write_bandwidth_bytes_per_second")) + "/s"
-                              : "not measured yet";
-  row("writeback", fmt::format("{}/s now, {} written back", human_bytes(num(wb, "rate_bytes_per_second")),
-                               human_bytes(num(wb, "written_back_bytes"))));
+  std::string origin_bw =
+      wb["origin_write_bandwidth_bytes_per_second"].is_number()
+          ? human_bytes(num(wb, "origin_write_bandwidth_bytes_per_second")) + "/s"
+          : "not measured yet";
+  row("writeback",
+      fmt::format("{}/s now, {} written back", human_bytes(num(wb, "rate_bytes_per_second")),
+                  human_bytes(num(wb, "written_back_bytes"))));
   row("origin bandwidth", origin_bw);
-  row("time to flush", wb["flush_eta_seconds"].is_number() ? human_seconds(num(wb, "flush_eta_seconds"))
-                                                           : "unknown (no writeback measured yet)");
+  row("time to flush", wb["flush_eta_seconds"].is_number()
+                           ? human_seconds(num(wb, "flush_eta_seconds"))
+                           : "unknown (no writeback measured yet)");
   row("writeback errors", fmt::format("{}", num(wb, "errors")));
   if (fl.value("active", false)) {
     row("flush", fmt::format("running, {} left", human_bytes(num(fl, "left_bytes"))));
   }
-  row("metadata log", fmt::format("{}, {} in use, {} segments ({} free)",
-                                  human_bytes(num(md, "log_size_bytes")), percent(md, "log_usage_ratio"),
-                                  num(md, "segments"), num(md, "free_segments")));
-  row("segment wear", fmt::format("erase counts min {} / mean {:.2f} / max {}", num(md, "erase_count_min"),
-                                  num(md, "erase_count_mean"), num(md, "erase_count_max")));
-  row("mapping RAM", fmt::format("{} ({:.1f} B per cache block)", human_bytes(num(mem, "mapping_bytes")),
-                                 num(mem, "mapping_bytes_per_block")));
+  row("metadata log",
+      fmt::format("{}, {} in use, {} segments ({} free)", human_bytes(num(md, "log_size_bytes")),
+                  percent(md, "log_usage_ratio"), num(md, "segments"), num(md, "free_segments")));
+  row("segment wear",
+      fmt::format("erase counts min {} / mean {:.2f} / max {}", num(md, "erase_count_min"),
+                  num(md, "erase_count_mean"), num(md, "erase_count_max")));
+  row("mapping RAM",
+      fmt::format("{} ({:.1f} B per cache block)", human_bytes(num(mem, "mapping_bytes")),
+                  num(mem, "mapping_bytes_per_block")));
   if (own.value("shared_image", false)) {
     row("exclusive lock", own.value("exclusive_lock", false) ? "held" : "not held");
     row("cache epoch", fmt::format("{}", num(own, "cache_epoch")));
@@ -147,7 +164,8 @@ class FlushProgress {
       constexpr int kWidth = 30;
       const int fill = static_cast<int>(std::lround(done * kWidth));
       fmt::print("\r[{}{}] {:3.0f}%  {} left  {}/s  ETA {}   ", std::string(fill, '#'),
-                 std::string(kWidth - fill, '.'), done * 100, human_bytes(left), human_bytes(rate), eta);
+                 std::string(kWidth - fill, '.'), done * 100, human_bytes(left), human_bytes(rate),
+                 eta);
       std::fflush(stdout);
       drawn_ = true;
     } else if (elapsed >= next_line_ || left == 0) {
@@ -198,11 +216,11 @@ int run_flush(const FlushArgs& a) {
   if (started) return 0;
   if (!reply->value("ok", false)) return print_failure(*reply);
   const json& state = (*reply)["image_state"];
-  fmt::print("flush complete: {} written back in {:.1f} s; the origin holds every acknowledged "
-             "write (mode {}{})\n",
-             human_bytes(num(*reply, "written_bytes")), num(*reply, "seconds"),
-             reply->value("mode", "?"),
-             state.is_string() ? ", image recorded as " + state.get<std::string>() : std::string());
+  fmt::print(
+      "flush complete: {} written back in {:.1f} s; the origin holds every acknowledged "
+      "write (mode {}{})\n",
+      human_bytes(num(*reply, "written_bytes")), num(*reply, "seconds"), reply->value("mode", "?"),
+      state.is_string() ? ", image recorded as " + state.get<std::string>() : std::string());
   return 0;
 }
 
@@ -221,21 +239,13 @@ void add_control_commands(CLI::App& app, int& exit_code) {
     add_control_option(cmd, a->control);
     cmd->add_flag("--json", a->json_out, "Print the status document as JSON");
     cmd->callback([a, &exit_code] {
-      auto reply = request(a->control, {{"cmd", "status"}});
-      if (!reply) {
-        exit_code = 1;
-        return;
-      }
-      if (!reply->value("ok", false)) {
-        exit_code = print_failure(*reply);
-        return;
-      }
-      if (a->json_out) {
-        fmt::print("{}\n", (*reply)["status"].dump(2));
-      } else {
-        print_status_table((*reply)["status"]);
-      }
-      exit_code = 0;
+      exit_code = simple_command(a->control, {{"cmd", "status"}}, [&](const json& reply) {
+        if (a->json_out) {
+          fmt::print("{}\n", reply["status"].dump(2));
+        } else {
+          print_status_table(reply["status"]);
+        }
+      });
     });
   }
   // flush
@@ -250,7 +260,8 @@ void add_control_commands(CLI::App& app, int& exit_code) {
         "the image is then recorded as clean.\n\n"
         "Exit status: 0 when the origin holds every write acknowledged before the flush\n"
         "began; 1 on failure; 3 when --timeout ran out (the data stays dirty in the cache).\n\n"
-        "Before migrating a VM: rbdcache flush --wait --then passthrough, then rbdcache release.\n");
+        "Before migrating a VM: rbdcache flush --wait --then passthrough, then rbdcache "
+        "release.\n");
     add_control_option(cmd, a->control);
     cmd->add_flag("--wait", a->wait,
                   "Wait until the flush is complete, showing progress (a bar on a terminal,\n"
@@ -285,17 +296,11 @@ void add_control_commands(CLI::App& app, int& exit_code) {
         ->check(CLI::IsMember({"writeback", "writethrough", "passthrough"}))
         ->type_name("MODE");
     cmd->callback([a, &exit_code] {
-      auto reply = request(a->control, {{"cmd", "mode"}, {"mode", a->mode}});
-      if (!reply) {
-        exit_code = 1;
-        return;
-      }
-      if (!reply->value("ok", false)) {
-        exit_code = print_failure(*reply);
-        return;
-      }
-      fmt::print("mode: {} (was {})\n", reply->value("mode", "?"), reply->value("previous", "?"));
-      exit_code = 0;
+      exit_code =
+          simple_command(a->control, {{"cmd", "mode"}, {"mode", a->mode}}, [&](const json& reply) {
+            fmt::print("mode: {} (was {})\n", reply.value("mode", "?"),
+                       reply.value("previous", "?"));
+          });
     });
   }
   // invalidate
@@ -305,7 +310,8 @@ void add_control_commands(CLI::App& app, int& exit_code) {
       bool discard_dirty = false;
     };
     auto a = std::make_shared<Args>();
-    auto* cmd = app.add_subcommand("invalidate", "Drop every clean block from a running server's cache");
+    auto* cmd =
+        app.add_subcommand("invalidate", "Drop every clean block from a running server's cache");
     cmd->footer(
         "\nRefused while any block is dirty: run 'rbdcache flush --wait' first.\n"
         "--discard-dirty DESTROYS the dirty blocks as well: writes that clients were told are\n"
@@ -315,25 +321,20 @@ void add_control_commands(CLI::App& app, int& exit_code) {
                   "DESTROY dirty data too (acknowledged writes the origin lacks are lost)");
     cmd->callback([a, &exit_code] {
       if (a->discard_dirty) {
-        log::warn("--discard-dirty: every dirty block in the cache will be DESTROYED; the origin "
-                  "keeps its older data");
+        log::warn(
+            "--discard-dirty: every dirty block in the cache will be DESTROYED; the origin "
+            "keeps its older data");
       }
-      auto reply = request(a->control, {{"cmd", "invalidate"}, {"discard_dirty", a->discard_dirty}});
-      if (!reply) {
-        exit_code = 1;
-        return;
-      }
-      if (!reply->value("ok", false)) {
-        exit_code = print_failure(*reply);
-        return;
-      }
-      fmt::print("invalidated {} blocks: {} clean dropped", num(*reply, "blocks"),
-                 human_bytes(num(*reply, "clean_bytes")));
-      if (num(*reply, "dirty_bytes") > 0) {
-        fmt::print(", {} DIRTY DATA DESTROYED", human_bytes(num(*reply, "dirty_bytes")));
-      }
-      fmt::print("\n");
-      exit_code = 0;
+      exit_code = simple_command(
+          a->control, {{"cmd", "invalidate"}, {"discard_dirty", a->discard_dirty}},
+          [&](const json& reply) {
+            fmt::print("invalidated {} blocks: {} clean dropped", num(reply, "blocks"),
+                       human_bytes(num(reply, "clean_bytes")));
+            if (num(reply, "dirty_bytes") > 0) {
+              fmt::print(", {} DIRTY DATA DESTROYED", human_bytes(num(reply, "dirty_bytes")));
+            }
+            fmt::print("\n");
+          });
     });
   }
   // release
@@ -343,20 +344,13 @@ void add_control_commands(CLI::App& app, int& exit_code) {
         "release", "Release the RBD image's exclusive lock after a flush, for a migration target");
     cmd->footer(
         "\nRefused while anything is dirty or the mode is writeback. Afterwards this server must\n"
-        "not write to the image any more: stop it once the VM has moved (see docs/migration.md).\n");
+        "not write to the image any more: stop it once the VM has moved (see "
+        "docs/migration.md).\n");
     add_control_option(cmd, *control);
     cmd->callback([control, &exit_code] {
-      auto reply = request(*control, {{"cmd", "release"}});
-      if (!reply) {
-        exit_code = 1;
-        return;
-      }
-      if (!reply->value("ok", false)) {
-        exit_code = print_failure(*reply);
-        return;
-      }
-      fmt::print("released the image's exclusive lock\n");
-      exit_code = 0;
+      exit_code = simple_command(*control, {{"cmd", "release"}}, [](const json&) {
+        fmt::print("released the image's exclusive lock\n");
+      });
     });
   }
 }
