@@ -6,9 +6,10 @@
 #      over rbd:) gets an error instead of writing behind the cache.
 #   2. The image's metadata records the cache: rbdcache.cache, host, pid,
 #      epoch and state (dirty in writeback mode).
-#   3. A cache killed with dirty data leaves state=dirty: a second cache is
-#      then refused (EEXIST message naming the first) even though the lock is
-#      free, and attaches with --force, which warns loudly.
+#   3. A cache stopped with dirty data (as good as a lost host, for the
+#      others) leaves state=dirty: a second cache is then refused (message
+#      naming the first) although the lock is free, and attaches with
+#      --force, which warns loudly.
 #   4. Writethrough mode does not take the lock.
 source "$(dirname "$0")/../cache_integration/lib-cache.sh" "$@"
 source "$(dirname "$0")/lib-ceph.sh"
@@ -55,10 +56,9 @@ out=$(timeout 60 qemu-io -f raw -c 'write -P 0x77 2M 64k' "rbd:$IMAGE_SPEC:id=$C
 grep -qi "read-only\|failed" <<<"$out" || fail "a direct librbd write was not refused while the cache holds the lock: $out"
 qemu_io "$URI" -c 'read -P 0x5a 0 1M' -c 'read -P 0 2M 64k'
 
-log "3. killed with dirty data: the next cache is refused unless --force"
-kill -9 "$PID_A"
-wait "$PID_A" 2>/dev/null
-[ "$(meta state)" = dirty ] || fail "state is '$(meta state)' after the kill"
+log "3. stopped with dirty data: the next cache is refused unless --force"
+stop_server "$PID_A"
+[ "$(meta state)" = dirty ] || fail "state is '$(meta state)' after stopping with dirty data"
 try_serve third "$CACHE_B" "$META_B" --mode writeback
 [ "$RC" = 1 ] || fail "cache b attached although cache a holds dirty data (exit $RC): $OUT"
 grep -q "may hold writes this image does not have" <<<"$OUT" || fail "unclear refusal: $OUT"
