@@ -40,6 +40,7 @@ struct ServeArgs {
   std::string export_name;
   bool read_only = false;
   unsigned threads = 0;
+  double handshake_timeout = 30;
   bool verbose = false;
   bool force = false;
   RbdOptions rbd;  // --ceph-conf, --ceph-id, --keyring, --ceph-timeout, --rbd-queue-depth
@@ -232,6 +233,8 @@ int serve(const ServeArgs& args) {
   opts.socket_path = args.socket;
   if (!args.listen.empty()) opts.listen = args.listen;
   opts.threads = args.threads != 0 ? args.threads : std::max(1u, std::thread::hardware_concurrency());
+  opts.handshake_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(args.handshake_timeout * 1000));
 
   if (attached) {
     cache::CacheEngine* engine = &attached->engine();
@@ -372,6 +375,11 @@ void add_serve_command(CLI::App& app, int& exit_code) {
                   "Number of I/O reactor threads (default: one per CPU core)")
       ->check(CLI::Range(1u, 1024u))
       ->type_name("N");
+  cmd->add_option("--handshake-timeout", args->handshake_timeout,
+                  "Drop a client that has not finished the NBD handshake within this many\n"
+                  "seconds (default 30; 0: never)")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->type_name("SECONDS");
   cmd->add_flag("-v,--verbose", args->verbose, "Log every connection and rejected request");
 
   auto* ceph = "Ceph (rbd: origins)";

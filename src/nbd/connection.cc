@@ -1,6 +1,7 @@
 #include "nbd/connection.h"
 
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -37,7 +38,38 @@ void Connection::start() {
   OutMessage m;
   m.head = handshake_.greeting();
   queue_send(std::move(m));
+  arm_handshake_timer();
   post_recv();
+}
+
+void Connection::arm_handshake_timer() {
+  if (handshake_timeout_.count() <= 0) return;
+  timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+  if (timer_fd_ < 0) {
+    log::warn("connection {}: no handshake deadline: timerfd_create: {}", id_, std::strerror(errno));
+    return;
+  }
+  itimerspec its{};
+  its.it_value.tv_sec = handshake_timeout_.count() / 1000;
+  its.it_value.tv_nsec = (handshake_timeout_.count() % 1000) * 1'000'000;
+  ::timerfd_settime(timer_fd_, 0, &its, nullptr);
+  auto self = shared_from_this();
+  reactor_.read(timer_fd_, &timer_buf_, sizeof timer_buf_, 0, [self](int) {
+    ::close(self->timer_fd_);
+    self->timer_fd_ = -1;
+    if (!self->closed_ && !self->reading_done_ && !self->handshake_.in_transmission()) {
+      log::info("connection {}: no handshake within {} ms; closing it", self->id_,
+                self->handshake_timeout_.count());
+      self->stop_reading("handshake timed out");
+    }
+  });
+}
+
+void Connection::fire_handshake_timer() {
+  if (timer_fd_ < 0) return;
+  itimerspec its{};
+  its.it_value.tv_nsec = 1;  // now: its read completes and closes it
+  ::timerfd_settime(timer_fd_, 0, &its, nullptr);
 }
 
 void Connection::begin_drain() { stop_reading("server is shutting down"); }
@@ -139,6 +171,7 @@ bool Connection::process_handshake() {
     return false;
   }
   if (handshake_.in_transmission()) {
+    fire_handshake_timer();
     limits_ = limits_for(exp_, handshake_.session());
     log::debug("connection {}: transmission phase (structured replies: {})", id_,
                limits_.structured_replies);
@@ -400,6 +433,7 @@ void Connection::maybe_close() {
   }
   if (!sendq_.empty() && !send_failed_) return;
   closed_ = true;
+  fire_handshake_timer();
   ::close(fd_);
   fd_ = -1;
   if (on_closed_) on_closed_(id_);

@@ -14,6 +14,8 @@
 //   to -> the socket is closed and on_closed runs.
 #pragma once
 
+#include <chrono>
+
 #include <sys/socket.h>
 
 #include <deque>
@@ -47,6 +49,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   ~Connection();
 
   void start();
+  // Closes the connection when the client has not finished the handshake
+  // within `timeout` (0: never). Call before start().
+  void set_handshake_timeout(std::chrono::milliseconds timeout) { handshake_timeout_ = timeout; }
 
   // Stops reading new requests; finishes and replies to those in flight,
   // then closes. Used for SIGTERM.
@@ -55,6 +60,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t id() const { return id_; }
 
  private:
+  // The handshake deadline: a timerfd read through the reactor, so that it
+  // can be made to fire at once (the reactor cannot cancel a timeout) when
+  // the handshake ends or the connection closes.
+  void arm_handshake_timer();
+  void fire_handshake_timer();
+  int timer_fd_ = -1;
+  uint64_t timer_buf_ = 0;
+  std::chrono::milliseconds handshake_timeout_{0};
+
   struct Request {
     RequestHeader header;
     AlignedBuffer payload;  // WRITE data, or the READ destination

@@ -225,6 +225,7 @@ void Server::adopt(int fd, bool is_tcp) {
                                              });
     slot.connections.emplace(id, conn);
     log::debug("connection {}: accepted on reactor {}", id, slot.reactor->index());
+    conn->set_handshake_timeout(options_.handshake_timeout);
     conn->start();
   });
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -27,6 +28,8 @@ struct ServerOptions {
   std::string socket_path;                // unix socket; empty for none
   std::optional<std::string> listen;      // TCP "ADDR:PORT" or "PORT"; loopback if no ADDR
   unsigned threads = 1;
+  // A client that has not finished the handshake within this is dropped.
+  std::chrono::milliseconds handshake_timeout{30'000};
   // Runs on the main thread for each SIGUSR1 (e.g. to log statistics).
   std::function<void()> on_usr1;
   // Runs on the main thread when SIGTERM or SIGINT starts the drain.
