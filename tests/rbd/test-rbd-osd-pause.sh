@@ -364,6 +364,19 @@ open(expected_path, "wb").write(model)
 PY
   fail "the export after the pause does not hold the data written"
 
+# The cluster itself must answer again before the writeback can catch up;
+# if it does not, say so (with the OSD's own view), not "writeback hangs".
+cluster_ok=0
+for _ in $(seq 1 12); do
+  if timeout 10 rbd ls rbd >/dev/null 2>&1; then cluster_ok=1; break; fi
+done
+if [ "$cluster_ok" = 0 ]; then
+  log "ceph-osd pid $OSD_PID state: $(osd_state)"
+  tail -n 40 "$RBDCACHE_DEV_CEPH_DIR/log/osd.0.log" >&2 2>/dev/null
+  tail -n 20 "$RBDCACHE_DEV_CEPH_DIR/log/mon.a.log" >&2 2>/dev/null
+  fail "the Ceph cluster does not answer 2 minutes after SIGCONT (OSD and mon logs above)"
+fi
+
 # The writeback catches up.
 wait_clean 60
 expect_no_writeback_errors
