@@ -32,6 +32,10 @@ uint64_t CommitWorker::commits() const {
 }
 
 void CommitWorker::run() {
+  // A failed log stays failed (every commit returns its first error): say
+  // so once, then once a minute, rather than at every interval.
+  auto last_report = std::chrono::steady_clock::time_point{};
+  uint64_t unreported = 0;
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     cv_.wait_for(lock, interval_, [this] { return stop_ || !waiters_.empty(); });
@@ -44,7 +48,19 @@ void CommitWorker::run() {
     if (hooks_.mark) hooks_.mark();
     Status st = log_.commit(hooks_.before);
     if (hooks_.after) hooks_.after(st);
-    if (!st.is_ok()) log::error("metadata commit failed: {}", st.to_string());
+    if (!st.is_ok()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_report >= std::chrono::minutes(1)) {
+        log::error("metadata commit failed{}: {}",
+                   unreported ? fmt::format(" ({} more times since the last report)", unreported)
+                              : std::string(),
+                   st.to_string());
+        last_report = now;
+        unreported = 0;
+      } else {
+        ++unreported;
+      }
+    }
     for (Waiter& w : batch) {
       w.reactor->post([done = std::move(w.done), st] { done(st); });
     }

@@ -354,7 +354,8 @@ void add_serve_command(CLI::App& app, int& exit_code) {
           [](std::string& v) -> std::string {
             std::string host, port;
             Status st = nbd::parse_listen_address(v, host, port);
-            return st.is_ok() ? std::string() : st.message();
+            return st.is_ok() ? std::string()
+                              : "expected PORT, ADDR:PORT or [IPV6ADDR]:PORT, got '" + v + "'";
           },
           "", "metrics address"))
       ->type_name("ADDR:PORT");

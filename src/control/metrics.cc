@@ -736,23 +736,11 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(io::Reactor& r,
       options.request_timeout.count() <= 0 || options.max_connections == 0) {
     return Status::invalid_argument("metrics: bad server options");
   }
+  auto addrs = nbd::resolve_listen_address(listen, "--metrics");
+  if (!addrs.is_ok()) return addrs.status();
+  addrinfo* res = addrs.value().get();
   std::string host, port;
-  if (!nbd::parse_listen_address(listen, host, port).is_ok()) {
-    return Status::invalid_argument(fmt::format(
-        "bad --metrics address '{}': expected PORT, ADDR:PORT or [IPV6ADDR]:PORT", listen));
-  }
-
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  int gai = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
-  if (gai != 0) {
-    return Status::invalid_argument(
-        fmt::format("cannot resolve --metrics address '{}': {}", host, gai_strerror(gai)));
-  }
-  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+  RBDCACHE_RETURN_IF_ERROR(nbd::parse_listen_address(listen, host, port));
 
   auto state = std::make_shared<State>(r, std::move(snapshot), options);
   int err = 0;

@@ -16,6 +16,25 @@
 
 namespace rbdcache::nbd {
 
+Result<AddrInfoList> resolve_listen_address(const std::string& spec, const std::string& what) {
+  std::string host, port;
+  Status st = parse_listen_address(spec, host, port);
+  if (!st.is_ok()) {
+    return Status::invalid_argument(fmt::format("bad {} address '{}': {}", what, spec, st.message()));
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  int gai = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (gai != 0) {
+    return Status::invalid_argument(
+        fmt::format("cannot resolve {} address '{}': {}", what, host, gai_strerror(gai)));
+  }
+  return AddrInfoList(res, freeaddrinfo);
+}
+
 Status parse_listen_address(const std::string& spec, std::string& host, std::string& port) {
   host = "127.0.0.1";
   if (spec.empty()) return Status::invalid_argument("--listen needs a PORT or ADDR:PORT");
@@ -136,19 +155,11 @@ Status Server::bind_unix() {
 }
 
 Status Server::bind_tcp() {
+  auto addrs = resolve_listen_address(*options_.listen, "--listen");
+  if (!addrs.is_ok()) return addrs.status();
+  const addrinfo* res = addrs.value().get();
   std::string host, port;
   RBDCACHE_RETURN_IF_ERROR(parse_listen_address(*options_.listen, host, port));
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  int gai = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
-  if (gai != 0) {
-    return Status::invalid_argument(
-        fmt::format("cannot resolve --listen address '{}': {}", host, gai_strerror(gai)));
-  }
-  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
   int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Status::system_error(errno, "socket");
   int one = 1;

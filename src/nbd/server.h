@@ -7,6 +7,8 @@
 // requests and replies, and the reactors stop.
 #pragma once
 
+#include <netdb.h>
+
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -39,6 +41,13 @@ struct ServerOptions {
 // Splits a --listen value: "ADDR:PORT", "[V6ADDR]:PORT", ":PORT" or "PORT".
 // A missing address means loopback (127.0.0.1).
 Status parse_listen_address(const std::string& spec, std::string& host, std::string& port);
+
+// Resolves a listen address (as parse_listen_address) for bind(): the
+// addresses getaddrinfo() gives, first to last. `what` names the option in
+// errors, e.g. "--listen".
+using AddrInfoList = std::unique_ptr<addrinfo, void (*)(addrinfo*)>;
+[[nodiscard]] Result<AddrInfoList> resolve_listen_address(const std::string& spec,
+                                                          const std::string& what);
 
 class Server {
  public:
