@@ -170,9 +170,11 @@ std::chrono::nanoseconds CacheEngine::rate_limit_delay() {
   const double allowed_s = static_cast<double>(rate_issued_bytes_) / static_cast<double>(rate);
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - rate_start_).count();
   const double ahead_s = allowed_s - elapsed_s - static_cast<double>(opts_.writeback_max_io) / static_cast<double>(rate);
-  if (ahead_s <= 0) return std::chrono::nanoseconds(0);
+  // The next unit may start only while the issued bytes are strictly below
+  // the allowance: starting one at the limit would add a second burst.
+  if (ahead_s < 0) return std::chrono::nanoseconds(0);
   // Short waits, so that shutdown is never held up for long.
-  return std::chrono::nanoseconds(static_cast<int64_t>(std::min(ahead_s, 0.1) * 1e9));
+  return std::chrono::nanoseconds(static_cast<int64_t>(std::clamp(ahead_s, 0.001, 0.1) * 1e9));
 }
 
 void CacheEngine::sample_rates() {
