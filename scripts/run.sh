@@ -42,6 +42,7 @@ rbdcache is serving $ORIGIN, cached in writeback mode on $CACHE
   URI:   $uri
   Try:   nbdinfo '$uri'
          qemu-io -f raw -c 'write -P 0xab 0 64k' -c 'read -P 0xab 0 64k' '$uri'
+  State: $BUILD/src/cli/rbdcache status --control ${SOCK%.sock}.ctl
   Log:   $LOG
   Stop:  scripts/run.sh stop
 MSG
