@@ -110,7 +110,7 @@ struct EngineStats {
   double origin_write_bps = 0;
   // The operator's flush (begin_flush()), if one is running.
   bool flush_active = false;
-  uint64_t flush_left_bytes = 0;
+  uint64_t flush_left_bytes = 0;   // dirty bytes left of those begin_flush() found
   uint64_t flush_max_rate_bps = 0;  // 0 = unlimited
 };
 
@@ -174,10 +174,8 @@ class CacheEngine final : public Origin {
 
   // Starts writing back every block that is dirty now, at most
   // `max_rate_bps` bytes per second (0: no limit). Client I/O goes on;
-  // blocks dirtied later are not waited for. Progress: flush_left_bytes().
+  // blocks dirtied later are not waited for. Progress: stats().flush_left_bytes.
   void begin_flush(uint64_t max_rate_bps);
-  // Dirty bytes left of the blocks begin_flush() found dirty.
-  uint64_t flush_left_bytes() const;
   // Ends the flush (done or abandoned) and lifts its rate limit.
   void end_flush();
   // Flushes the origin and commits the metadata log: after ok, every write

@@ -133,13 +133,6 @@ void CacheEngine::begin_flush(uint64_t max_rate_bps) {
   request_full_writeback();
 }
 
-uint64_t CacheEngine::flush_left_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  uint64_t left = 0;
-  for (CacheBlock cb : flush_pending_) left += uint64_t{map_.dirty_mask(cb).count()} * kSub;
-  return left;
-}
-
 void CacheEngine::end_flush() {
   // Back to the watermarks and ages: blocks dirtied during the flush are
   // not forced out.

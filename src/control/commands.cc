@@ -83,15 +83,15 @@ json cmd_flush(ControlContext& ctx, const json& req, Responder& out) {
   if (then) e.set_mode(*then);
   const auto t0 = Clock::now();
   e.begin_flush(max_rate);
-  const uint64_t total = e.flush_left_bytes();
+  const uint64_t total = e.stats().flush_left_bytes;
   log::info("flush: writing back {} dirty bytes{}{}", total,
             then ? fmt::format(", mode now {}", cache::mode_name(*then)) : std::string(),
             max_rate ? fmt::format(", at most {} bytes/s", max_rate) : std::string());
   if (!wait) out.progress({{"started", true}, {"total_bytes", total}});
 
   for (;;) {
-    const uint64_t left = e.flush_left_bytes();
     const cache::EngineStats s = e.stats();
+    const uint64_t left = s.flush_left_bytes;
     // With --then nothing new can become dirty: wait for all of it.
     const bool done = left == 0 && (!then || s.dirty_bytes == 0);
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
