@@ -19,13 +19,13 @@
 
 #include "origin/origin.h"
 #include "rbdcache/status.h"
+#include "rbdcache/sub_block.h"
 #include "rbdcache/types.h"
 
 namespace rbdcache::cache {
 
 class CacheDevice {
  public:
-  static constexpr uint32_t kSubBlockSize = 4096;
 
   CacheDevice(uint32_t block_size, uint32_t blocks) : block_size_(block_size), blocks_(blocks) {}
   virtual ~CacheDevice() = default;

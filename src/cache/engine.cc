@@ -17,14 +17,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr uint32_t kSub = kSubBlockSize;
 
-metalog::SubBlockMask to_meta(const SubBlockMask& m, uint32_t subs) {
-  metalog::SubBlockMask out;
-  for (uint32_t i = 0; i < subs; ++i) {
-    if (m.test(i)) out.set(i);
-  }
-  return out;
-}
-
 bool is_aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kSub == 0; }
 
 // Joins several asynchronous steps: `done` runs with the first error once
@@ -156,13 +148,7 @@ Status CacheEngine::load() {
           cb.value(), m.origin.value()));
     }
     RBDCACHE_RETURN_IF_ERROR(map_.insert(m.origin, cb));
-    for (uint32_t i = 0; i < subs_; ++i) {
-      if (m.dirty.test(i)) {
-        map_.mark_dirty(cb, SubBlockRange{i, 1});
-      } else if (m.valid.test(i)) {
-        map_.mark_valid(cb, SubBlockRange{i, 1});
-      }
-    }
+    map_.set_masks(cb, m.valid, m.dirty);
     policy_->on_insert(cb);
     if (map_.is_dirty(cb)) {
       policy_->set_dirty(cb, true);
@@ -280,8 +266,8 @@ std::optional<CacheBlock> CacheEngine::take_ready_slot_locked() {
 void CacheEngine::append_state_locked(CacheBlock cb) {
   metalog::Entry e = metalog::Entry::unmap(cb);
   if (map_.is_mapped(cb)) {
-    e = metalog::Entry::map(cb, *map_.origin_of(cb), to_meta(map_.valid_mask(cb), subs_),
-                            to_meta(map_.dirty_mask(cb), subs_));
+    e = metalog::Entry::map(cb, *map_.origin_of(cb), map_.valid_mask(cb),
+                            map_.dirty_mask(cb));
   }
   Status st = log_.append(e);
   if (!st.is_ok() && meta_error_.is_ok()) {

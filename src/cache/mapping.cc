@@ -21,19 +21,6 @@ SubBlockRange covered_sub_blocks(uint32_t offset, uint32_t length) {
   return SubBlockRange{first, end - first};
 }
 
-void SubBlockMask::set(SubBlockRange r) {
-  assert(r.end() <= kMaxSubBlocks);
-  uint32_t i = r.first;
-  const uint32_t end = r.end();
-  while (i < end) {
-    const uint32_t bit = i % 64;
-    const uint32_t n = std::min(64 - bit, end - i);
-    const uint64_t run = n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1) << bit;
-    w_[i / 64] |= run;
-    i += n;
-  }
-}
-
 // ---- Construction -------------------------------------------------------------
 
 Result<Mapping> Mapping::create(uint32_t nr_blocks, uint32_t block_size) {
@@ -329,6 +316,11 @@ bool Mapping::is_dirty(CacheBlock cb) const {
 bool Mapping::any_dirty(CacheBlock cb, SubBlockRange r) const {
   if (!is_dirty(cb)) return false;
   return dirty_mask(cb, r).any();
+}
+
+void Mapping::set_masks(CacheBlock cb, const SubBlockMask& valid, const SubBlockMask& dirty) {
+  assert(is_mapped(cb) && valid.fits(subs_) && valid.contains(dirty));
+  store(cb.value(), valid, dirty);
 }
 
 void Mapping::mark_valid(CacheBlock cb, SubBlockRange r) {

@@ -61,27 +61,16 @@
 #include <vector>
 
 #include "rbdcache/status.h"
+#include "rbdcache/sub_block.h"
 #include "rbdcache/types.h"
 
 namespace rbdcache::cache {
 
-inline constexpr uint32_t kSubBlockShift = 12;
-inline constexpr uint32_t kSubBlockSize = 1u << kSubBlockShift;  // 4 KiB
 inline constexpr uint32_t kMinBlockSize = 4u << 10;             // 4 KiB
-inline constexpr uint32_t kMaxBlockSize = 1u << 20;             // 1 MiB
+inline constexpr uint32_t kMaxBlockSize = kMaxCacheBlockSize;   // 1 MiB
 inline constexpr uint32_t kDefaultBlockSize = 64u << 10;        // 64 KiB
-inline constexpr uint32_t kMaxSubBlocks = kMaxBlockSize / kSubBlockSize;  // 256
 // Blocks with at most this many sub-blocks keep both masks inline.
 inline constexpr uint32_t kInlineSubBlocks = 16;
-
-// A run of sub-blocks inside one cache block: [first, first + count).
-struct SubBlockRange {
-  uint32_t first = 0;
-  uint32_t count = 0;
-
-  uint32_t end() const { return first + count; }
-  bool operator==(const SubBlockRange&) const = default;
-};
 
 // The sub-blocks that [offset, offset + length) touches at all, for a byte
 // range inside one block (offset is relative to the block start).
@@ -89,76 +78,6 @@ SubBlockRange touched_sub_blocks(uint32_t offset, uint32_t length);
 // The sub-blocks that [offset, offset + length) covers completely: only
 // those may be marked valid by a write without reading the origin.
 SubBlockRange covered_sub_blocks(uint32_t offset, uint32_t length);
-
-// A set of sub-blocks of one block (up to 256), as a value.
-class SubBlockMask {
- public:
-  static constexpr uint32_t kWords = kMaxSubBlocks / 64;
-
-  constexpr SubBlockMask() = default;
-  static SubBlockMask of(SubBlockRange r) {
-    SubBlockMask m;
-    m.set(r);
-    return m;
-  }
-
-  bool test(uint32_t i) const { return (w_[i / 64] >> (i % 64)) & 1; }
-  void set(uint32_t i) { w_[i / 64] |= uint64_t{1} << (i % 64); }
-  void set(SubBlockRange r);
-  uint32_t count() const {
-    uint32_t n = 0;
-    for (uint64_t w : w_) n += static_cast<uint32_t>(std::popcount(w));
-    return n;
-  }
-  bool none() const { return (w_[0] | w_[1] | w_[2] | w_[3]) == 0; }
-  bool any() const { return !none(); }
-  // True when every bit of `other` is set here.
-  bool contains(const SubBlockMask& other) const {
-    for (uint32_t i = 0; i < kWords; ++i) {
-      if ((other.w_[i] & ~w_[i]) != 0) return false;
-    }
-    return true;
-  }
-  // Calls fn(SubBlockRange) for each maximal run of set bits, in ascending
-  // order. The engine uses it to split a read into cache and origin parts.
-  template <typename Fn>
-  void for_each_run(Fn&& fn) const {
-    uint32_t i = 0;
-    while (i < kMaxSubBlocks) {
-      if (!test(i)) {
-        ++i;
-        continue;
-      }
-      uint32_t start = i;
-      while (i < kMaxSubBlocks && test(i)) ++i;
-      fn(SubBlockRange{start, i - start});
-    }
-  }
-
-  uint64_t word(uint32_t i) const { return w_[i]; }
-  uint64_t& word(uint32_t i) { return w_[i]; }
-
-  SubBlockMask operator&(const SubBlockMask& o) const {
-    SubBlockMask r;
-    for (uint32_t i = 0; i < kWords; ++i) r.w_[i] = w_[i] & o.w_[i];
-    return r;
-  }
-  SubBlockMask operator|(const SubBlockMask& o) const {
-    SubBlockMask r;
-    for (uint32_t i = 0; i < kWords; ++i) r.w_[i] = w_[i] | o.w_[i];
-    return r;
-  }
-  // This set minus `o`.
-  SubBlockMask without(const SubBlockMask& o) const {
-    SubBlockMask r;
-    for (uint32_t i = 0; i < kWords; ++i) r.w_[i] = w_[i] & ~o.w_[i];
-    return r;
-  }
-  bool operator==(const SubBlockMask&) const = default;
-
- private:
-  std::array<uint64_t, kWords> w_{};
-};
 
 // A dirty block, as handed to writeback.
 struct DirtyBlock {
@@ -236,6 +155,9 @@ class Mapping {
   // `r` no longer holds usable bytes (discard, failed fill). Drops dirty
   // bits too, with the same warning as remove().
   void invalidate(CacheBlock cb, SubBlockRange r);
+  // Sets both masks at once (recovery). Precondition: dirty within valid,
+  // both within the block.
+  void set_masks(CacheBlock cb, const SubBlockMask& valid, const SubBlockMask& dirty);
 
   // ---- Dirty bookkeeping ----------------------------------------------------
 

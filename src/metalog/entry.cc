@@ -5,51 +5,6 @@
 
 namespace rbdcache::metalog {
 
-SubBlockMask SubBlockMask::first(uint32_t n) {
-  SubBlockMask m;
-  for (uint32_t w = 0; w < m.w_.size(); ++w) {
-    uint32_t lo = w * 64;
-    if (n >= lo + 64) {
-      m.w_[w] = ~uint64_t{0};
-    } else if (n > lo) {
-      m.w_[w] = (uint64_t{1} << (n - lo)) - 1;
-    }
-  }
-  return m;
-}
-
-uint32_t SubBlockMask::count() const {
-  uint32_t c = 0;
-  for (uint64_t w : w_) c += static_cast<uint32_t>(std::popcount(w));
-  return c;
-}
-
-SubBlockMask SubBlockMask::operator&(const SubBlockMask& o) const {
-  SubBlockMask r;
-  for (size_t i = 0; i < w_.size(); ++i) r.w_[i] = w_[i] & o.w_[i];
-  return r;
-}
-
-SubBlockMask SubBlockMask::operator|(const SubBlockMask& o) const {
-  SubBlockMask r;
-  for (size_t i = 0; i < w_.size(); ++i) r.w_[i] = w_[i] | o.w_[i];
-  return r;
-}
-
-void SubBlockMask::to_bytes(std::span<std::byte> out) const {
-  for (size_t i = 0; i < out.size(); ++i) {
-    out[i] = static_cast<std::byte>((w_[i / 8] >> (8 * (i % 8))) & 0xff);
-  }
-}
-
-SubBlockMask SubBlockMask::from_bytes(std::span<const std::byte> in) {
-  SubBlockMask m;
-  for (size_t i = 0; i < in.size() && i < kMaxSubBlocks / 8; ++i) {
-    m.w_[i / 8] |= static_cast<uint64_t>(in[i]) << (8 * (i % 8));
-  }
-  return m;
-}
-
 namespace {
 
 // The modifier bits that describe how the masks of `e` are encoded.

@@ -14,37 +14,14 @@
 #include <vector>
 
 #include "metalog/format.h"
+#include "rbdcache/sub_block.h"
 #include "rbdcache/status.h"
 #include "rbdcache/types.h"
 
 namespace rbdcache::metalog {
 
-// One bit per 4 KiB sub-block of a cache block; up to kMaxSubBlocks bits.
-class SubBlockMask {
- public:
-  constexpr SubBlockMask() = default;
-  // The mask with the first `n` bits set.
-  static SubBlockMask first(uint32_t n);
-
-  void set(uint32_t i) { w_[i / 64] |= uint64_t{1} << (i % 64); }
-  void clear(uint32_t i) { w_[i / 64] &= ~(uint64_t{1} << (i % 64)); }
-  bool test(uint32_t i) const { return (w_[i / 64] >> (i % 64)) & 1; }
-  bool none() const { return (w_[0] | w_[1] | w_[2] | w_[3]) == 0; }
-  uint32_t count() const;
-  // True when no bit at or above `n` is set.
-  bool fits(uint32_t n) const { return (*this & first(n)) == *this; }
-  bool is_subset_of(const SubBlockMask& o) const { return (*this & o) == *this; }
-  SubBlockMask operator&(const SubBlockMask& o) const;
-  SubBlockMask operator|(const SubBlockMask& o) const;
-  bool operator==(const SubBlockMask&) const = default;
-
-  // Bytes are little-endian bit order: bit i is byte i/8, bit i%8.
-  void to_bytes(std::span<std::byte> out) const;
-  static SubBlockMask from_bytes(std::span<const std::byte> in);
-
- private:
-  std::array<uint64_t, kMaxSubBlocks / 64> w_{};
-};
+// The sub-block mask is the one shared type (rbdcache/sub_block.h).
+using rbdcache::SubBlockMask;
 
 // The state of one mapped cache block.
 struct Mapping {

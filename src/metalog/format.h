@@ -26,6 +26,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "rbdcache/sub_block.h"
+
 namespace rbdcache::metalog {
 
 static_assert(std::endian::native == std::endian::little,
@@ -47,11 +49,10 @@ inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr uint32_t kLogBlockSize = 4096;
 // The device is assumed to write 512-byte sectors atomically.
 inline constexpr uint32_t kSectorSize = 512;
-// Cache blocks are tracked in 4 KiB sub-blocks (valid and dirty masks).
-inline constexpr uint32_t kSubBlockSize = 4096;
+// Cache blocks are tracked in 4 KiB sub-blocks (valid and dirty masks);
+// kSubBlockSize, kMaxCacheBlockSize and kMaxSubBlocks are in
+// rbdcache/sub_block.h.
 inline constexpr uint32_t kMinCacheBlockSize = 4096;
-inline constexpr uint32_t kMaxCacheBlockSize = 1u << 20;
-inline constexpr uint32_t kMaxSubBlocks = kMaxCacheBlockSize / kSubBlockSize;  // 256
 inline constexpr uint32_t kMinSegmentSize = 16 * 1024;
 inline constexpr uint32_t kMaxSegmentSize = 4u << 20;
 inline constexpr uint32_t kDefaultSegmentSize = 1u << 20;
