@@ -26,7 +26,6 @@ namespace rbdcache::cache {
 
 class CacheDevice {
  public:
-
   CacheDevice(uint32_t block_size, uint32_t blocks) : block_size_(block_size), blocks_(blocks) {}
   virtual ~CacheDevice() = default;
 

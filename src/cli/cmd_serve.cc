@@ -10,6 +10,7 @@
 #include "control/commands.h"
 #include "control/control_server.h"
 #include "control/metrics.h"
+#include "control/stats_json.h"
 #include "control/sd_notify.h"
 #include "control/status_doc.h"
 #include "nbd/server.h"
@@ -238,7 +239,7 @@ int serve(const ServeArgs& args) {
 
   if (attached) {
     cache::CacheEngine* engine = &attached->engine();
-    opts.on_usr1 = [engine] { log::info("stats {}", cache::stats_json(engine->stats())); };
+    opts.on_usr1 = [engine] { log::info("stats {}", control::stats_json(engine->stats())); };
   }
   opts.on_shutdown = [] { control::notify_stopping("finishing in-flight requests"); };
   nbd::Server server(o, exp, opts);
