@@ -64,7 +64,11 @@ Result<std::unique_ptr<CacheEngine>> CacheEngine::create(Origin& origin, metalog
   hooks.mark = [self, committed_gen] { *committed_gen = self->slots_.lock().unmap_generation(); };
   hooks.before = [self] { return self->ctx_.dev.sync(); };
   hooks.after = [self, committed_gen](const Status& st) {
-    if (st.is_ok()) self->slots_.lock().release_quarantine(*committed_gen);
+    if (st.is_ok()) {
+      self->slots_.lock().release_quarantine(*committed_gen);
+    } else {
+      self->slots_.lock().fail(st);
+    }
   };
   ctx.commits = std::make_unique<CommitWorker>(log, opts.commit_interval, std::move(hooks));
   ctx.want_slots = [self] { self->ctx_.bg->post([self] { self->reclaim_slots(); }); };

@@ -136,7 +136,11 @@ SlotTable::Locked::~Locked() {
 
 void SlotTable::Locked::append(const metalog::Entry& e) {
   Status st = t_->log_.append(e);
-  if (!st.is_ok() && t_->meta_error_.is_ok()) {
+  if (!st.is_ok()) fail(st);
+}
+
+void SlotTable::Locked::fail(const Status& st) {
+  if (t_->meta_error_.is_ok()) {
     t_->meta_error_ = st;
     log::error(
         "the metadata device failed ({}): the cache is now READ-ONLY. Reads are served, writes "

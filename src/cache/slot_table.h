@@ -191,6 +191,8 @@ class SlotTable::Locked {
 
   // --- Health ---
   bool failed() const { return !t_->meta_error_.is_ok(); }
+  // A metadata commit failed: the table fails as after a failed append.
+  void fail(const Status& st);
   const Status& failure() const { return t_->meta_error_; }
 
   // Fills the slot-related fields of `s`.
