@@ -42,6 +42,17 @@ void WritePath::reply(const std::shared_ptr<Request>& req, bool fua, Status st) 
   req->done(std::move(st));
 }
 
+// Dirty data the origin now has a newer copy of may be dropped (or marked
+// clean) only once that copy is durable: else a power cut could bring back
+// origin data older than a FLUSH that covered the dirty data.
+void WritePath::once_durable(io::Reactor& r, bool replaces_dirty, StatusFn fn) {
+  if (!replaces_dirty) {
+    fn(Status::ok());
+    return;
+  }
+  ctx_.origin_sync.flush(ctx_.origin, r, std::move(fn));
+}
+
 // ------------------------------------------------------------ WRITE
 
 void WritePath::write(io::Reactor& r, uint64_t offset, std::span<const std::byte> buf,
@@ -161,16 +172,22 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
                      log::warn("cache device write failed ({}); writing origin block {} through "
                                "to the origin instead",
                                st.to_string(), p.ob.value());
-                     ctx_.write_origin(*req, p.ob, origin_off, data, oflags,
-                                       [this, p, cb, fresh, had_dirty, keep,
-                                        done = std::move(done)](Status ost) {
-                                         WriteOutcome o =
-                                             write_outcome(Mode::kWriteback, fresh,
-                                                           IoResult::kFailed, result_of(ost),
-                                                           had_dirty);
-                                         apply(p, cb, o.action);
-                                         done(o.ok ? Status::ok() : ost);
-                                       });
+                     ctx_.write_origin(
+                         *req, p.ob, origin_off, data, oflags,
+                         [this, req, p, cb, fresh, had_dirty, keep,
+                          done = std::move(done)](Status ost) mutable {
+                           once_durable(*req->r, had_dirty && ost.is_ok(),
+                                        [this, p, cb, fresh, had_dirty, ost,
+                                         done = std::move(done)](Status fst) {
+                                          const Status through = ost.is_ok() ? fst : ost;
+                                          WriteOutcome o =
+                                              write_outcome(Mode::kWriteback, fresh,
+                                                            IoResult::kFailed, result_of(through),
+                                                            had_dirty);
+                                          apply(p, cb, o.action);
+                                          done(o.ok ? Status::ok() : through);
+                                        });
+                         });
                    });
     return;
   }
@@ -179,11 +196,17 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
   // (and, in writethrough, to the cache as well).
   auto origin_st = std::make_shared<Status>();
   auto cache_res = std::make_shared<IoResult>(IoResult::kNotTried);
-  auto join = Join::make([this, p, m, cb, fresh, had_dirty, keep, origin_st, cache_res,
-                          done = std::move(done)](Status) {
-    WriteOutcome o = write_outcome(m, fresh, *cache_res, result_of(*origin_st), had_dirty);
-    apply(p, cb, o.action);
-    done(o.ok ? Status::ok() : *origin_st);
+  auto join = Join::make([this, &r, p, m, cb, fresh, had_dirty, keep, origin_st, cache_res,
+                          done = std::move(done)](Status) mutable {
+    once_durable(r, had_dirty && origin_st->is_ok(),
+                 [this, p, m, cb, fresh, had_dirty, origin_st, cache_res,
+                  done = std::move(done)](Status fst) {
+                   if (!fst.is_ok()) *origin_st = fst;
+                   WriteOutcome o =
+                       write_outcome(m, fresh, *cache_res, result_of(*origin_st), had_dirty);
+                   apply(p, cb, o.action);
+                   done(o.ok ? Status::ok() : *origin_st);
+                 });
   });
   StatusFn origin_step = join->step();
   ctx_.write_origin(*req, p.ob, origin_off, data, oflags,
@@ -279,9 +302,32 @@ void WritePath::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, W
             return;
           }
           ctx_.origin_sync.note_write();
+          bool replaces_dirty = false;
+          {
+            auto t = ctx_.slots.lock();
+            for (const Part& p : split(*req, nullptr, ctx_.bs)) {
+              auto slot = t.lookup(p.ob);
+              if (slot && t.map().any_dirty(*slot, p.subs())) replaces_dirty = true;
+            }
+          }
+          once_durable(*req->r, replaces_dirty, [this, req, flags](Status fst) {
+            if (!fst.is_ok()) {
+              reply(req, false, std::move(fst));
+              return;
+            }
+            zero_cached(req, flags.fua);
+          });
+        });
+  });
+}
+
+// After the origin range is zeroed (and durable, if it replaced dirty data):
+// drops the cached sub-blocks the range covers and zeroes the partly
+// covered ones in place.
+void WritePath::zero_cached(const std::shared_ptr<Request>& req, bool fua) {
           const std::vector<Part> parts = split(*req, nullptr, ctx_.bs);
           auto join = Join::make(
-              [this, req, fua = flags.fua](Status jst) { reply(req, fua, std::move(jst)); });
+              [this, req, fua](Status jst) { reply(req, fua, std::move(jst)); });
           {
             auto t = ctx_.slots.lock();
             for (const Part& p : parts) {
@@ -300,8 +346,6 @@ void WritePath::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, W
             }
           }
           join->report(Status::ok());
-        });
-  });
 }
 
 // Zeroes [s, e) of one cached sub-block by read-modify-write, keeping its
@@ -370,7 +414,10 @@ void WritePath::zero_partial(const std::shared_ptr<Request>& req, OriginBlock ob
                        return;
                      }
                      const uint64_t off = ob.value() * ctx_.bs + uint64_t{sub} * kSub;
-                     ctx_.write_origin(*req, ob, off, std::as_const(*buf).span(), WriteFlags{},
+                     // FUA: the dirty data it replaces must be durable on
+                     // the origin before the sub-block is dropped.
+                     ctx_.write_origin(*req, ob, off, std::as_const(*buf).span(),
+                                       WriteFlags{true, true, false},
                                        [this, ob, cb, sub, buf, drop_sub,
                                         done = std::move(done)](Status ost) {
                                          if (ost.is_ok()) {

@@ -50,6 +50,11 @@ class WritePath {
                     bool fresh, bool had_dirty, std::span<const std::byte> data,
                     std::shared_ptr<void> keep, StatusFn done);
   void apply(const Part& p, CacheBlock cb, SlotAction a);
+  // Runs fn once the origin writes completed so far are durable, when
+  // `replaces_dirty` (an origin write replaced dirty cached data); at once
+  // otherwise.
+  void once_durable(io::Reactor& r, bool replaces_dirty, StatusFn fn);
+  void zero_cached(const std::shared_ptr<Request>& req, bool fua);
   // Zeroes [s, e) of one cached sub-block of `ob` in place.
   void zero_partial(const std::shared_ptr<Request>& req, OriginBlock ob, uint32_t s, uint32_t e,
                     StatusFn done);
