@@ -188,5 +188,74 @@ INSTANTIATE_TEST_SUITE_P(Modes, EngineCrashFlushTest,
                            return std::string(mode_name(i.param));
                          });
 
+// A request that replaces flushed dirty data in the cache must not drop or
+// clean it durably before the origin holds the replacement durably: a FUA
+// write elsewhere commits the metadata, and the power is cut before any
+// origin flush. Afterwards each sector holds the flushed data or the
+// replacement, and keeps it when the clean blocks are dropped (as an
+// eviction would).
+enum class Replace { kWriteZeroes, kPassthroughPartialWrite, kWritethroughWrite };
+
+class EngineCrashReplaceTest : public EngineCrashCaseTest,
+                               public ::testing::WithParamInterface<Replace> {};
+
+TEST_P(EngineCrashReplaceTest, ReplacingFlushedDirtyDataKeepsOneOfTheTwoAcrossAPowerCut) {
+  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
+  CacheEngine& e = *before_.engine;
+  const uint64_t off = 5 * kBlockSize;
+  auto old_data = rbdcache::testing::pattern(kBlockSize, 31);
+  ASSERT_TRUE(write(e, off, old_data, false).is_ok());
+  ASSERT_TRUE(flush(e).is_ok());  // durable, dirty, in the cache only
+  std::vector<std::byte> replaced = old_data;
+  auto repl = rbdcache::testing::pattern(kBlockSize, 32);
+  switch (GetParam()) {
+    case Replace::kWriteZeroes:
+      ASSERT_TRUE(zero(e, off, kBlockSize, false).is_ok());
+      std::fill(replaced.begin(), replaced.end(), std::byte{0});
+      break;
+    case Replace::kPassthroughPartialWrite:
+      // 1 KiB inside the first sub-block: the rest of it is old data.
+      e.set_mode(Mode::kPassthrough);
+      ASSERT_TRUE(write(e, off + 1024, std::span(repl).first(1024), false).is_ok());
+      std::copy_n(repl.begin(), 1024, replaced.begin() + 1024);
+      break;
+    case Replace::kWritethroughWrite:
+      e.set_mode(Mode::kWritethrough);
+      ASSERT_TRUE(write(e, off, repl, false).is_ok());
+      replaced = repl;
+      break;
+  }
+  // Commits the metadata (FUA), without flushing the origin.
+  auto other = rbdcache::testing::pattern(4096, 33);
+  e.set_mode(Mode::kWriteback);
+  ASSERT_TRUE(write(e, 20 * kBlockSize, other, /*fua=*/true).is_ok());
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover());
+  auto first = read(*after_.engine, off, kBlockSize);
+  ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
+  auto second = read(*after_.engine, off, kBlockSize);
+  EXPECT_TRUE(first == second) << "the data changed when clean blocks were dropped";
+  for (uint64_t s = 0; s < kBlockSize; s += 512) {
+    const bool is_old = std::equal(second.begin() + s, second.begin() + s + 512, old_data.begin() + s);
+    const bool is_new = std::equal(second.begin() + s, second.begin() + s + 512, replaced.begin() + s);
+    const bool is_initial = std::equal(second.begin() + s, second.begin() + s + 512,
+                                       initial_.begin() + off + s);
+    ASSERT_TRUE(is_old || is_new) << "sector at byte " << s << " of the block holds "
+                                  << (is_initial ? "the data from before the flushed write"
+                                                 : "data from neither write");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Requests, EngineCrashReplaceTest,
+                         ::testing::Values(Replace::kWriteZeroes, Replace::kPassthroughPartialWrite,
+                                           Replace::kWritethroughWrite),
+                         [](const ::testing::TestParamInfo<Replace>& i) {
+                           switch (i.param) {
+                             case Replace::kWriteZeroes: return std::string("WriteZeroes");
+                             case Replace::kPassthroughPartialWrite: return std::string("PassthroughPartialWrite");
+                             case Replace::kWritethroughWrite: return std::string("WritethroughWrite");
+                           }
+                           return std::string("?");
+                         });
+
 }  // namespace
 }  // namespace rbdcache::cache
