@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "metalog/formatter.h"
@@ -140,6 +142,12 @@ void discard_engine(Stack& s) {
     s.origin->hold(static_cast<FaultOrigin::Op>(k), false);
   }
   s.origin->release_all();
+  // The released completions run engine code: let them finish (with EIO,
+  // the power being off) before the engine goes away.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (s.origin->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   if (s.engine) s.engine->shutdown().ignore_error();
   s.engine.reset();
   s.log.reset();

@@ -108,7 +108,8 @@ const char* cut_name(Cut c);
 StackImages crash_images(Stack& s, Cut how, std::mt19937_64& rng);
 
 // After crash_images(): stops the dead engine. Held origin completions are
-// released first so that nothing is left pending on its reactors.
+// released first, and run (for up to 10 s), so that nothing is left pending
+// on a reactor once the engine is gone.
 void discard_engine(Stack& s);
 
 }  // namespace rbdcache::cache::testing

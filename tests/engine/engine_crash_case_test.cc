@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -73,10 +74,11 @@ class EngineCrashCaseTest : public ::testing::Test {
     return std::vector<std::byte>(buf.data(), buf.data() + len);
   }
 
-  // Cuts the power, keeps only what was synced, and opens the stack again.
-  void crash_and_recover() {
+  // Cuts the power, keeps only what was synced (or, for a process crash,
+  // everything every device completed), and opens the stack again.
+  void crash_and_recover(Cut how = Cut::kSyncedOnly) {
     std::mt19937_64 rng(1);
-    StackImages after = crash_images(before_, Cut::kSyncedOnly, rng);
+    StackImages after = crash_images(before_, how, rng);
     discard_engine(before_);
     Status st = open_stack(after_, after, opts_);
     ASSERT_TRUE(st.is_ok()) << "recovery: " << st.to_string();
@@ -89,6 +91,7 @@ class EngineCrashCaseTest : public ::testing::Test {
   }
 
   ReactorThread rt_;
+  ReactorThread rt2_;  // a second connection
   StackImages images_;
   std::vector<std::byte> initial_;
   EngineOptions opts_;
@@ -255,6 +258,97 @@ INSTANTIATE_TEST_SUITE_P(Requests, EngineCrashReplaceTest,
                              case Replace::kWritethroughWrite: return std::string("WritethroughWrite");
                            }
                            return std::string("?");
+                         });
+
+// Issue 11 defect 1: FLUSH on one connection must not be answered while the
+// origin flush that covers a bypassed write, started by a FLUSH on another
+// connection, is still running.
+TEST_F(EngineCrashCaseTest, ConcurrentFlushesEachCoverBypassedWrites) {
+  opts_.sequential_cutoff = 64u << 10;
+  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
+  CacheEngine& e = *before_.engine;
+  const uint64_t off = 8 * kBlockSize, len = 16 * kBlockSize;
+  auto data = rbdcache::testing::pattern(len, 41);
+  for (uint64_t at = 0; at < len; at += kBlockSize) {
+    ASSERT_TRUE(write(e, off + at, std::span(data).subspan(at, kBlockSize), false).is_ok());
+  }
+  ASSERT_GT(e.stats().bypassed_bytes, 0u) << "no write bypassed the cache";
+  before_.origin->hold(FaultOrigin::Op::kFlush);
+  auto a = std::make_shared<std::promise<Status>>(), b = std::make_shared<std::promise<Status>>();
+  rt_.reactor().post([&e, this, a] { e.flush(rt_.reactor(), [a](Status st) { a->set_value(st); }); });
+  ASSERT_TRUE(before_.origin->wait_for_held(1, std::chrono::seconds(10)))
+      << "FLUSH did not flush the origin";
+  rt2_.reactor().post([&e, this, b] { e.flush(rt2_.reactor(), [b](Status st) { b->set_value(st); }); });
+  auto fa = a->get_future(), fb = b->get_future();
+  const bool b_answered = fb.wait_for(std::chrono::seconds(1)) == std::future_status::ready;
+  EXPECT_FALSE(b_answered && fb.get().is_ok())
+      << "the second FLUSH was answered while the origin flush covering the bypassed writes "
+         "was still running";
+  // The consequence: a power cut now loses writes that FLUSH acknowledged.
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover());
+  EXPECT_EQ(fa.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  if (!b_answered) {
+    EXPECT_EQ(fb.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+        << "the second FLUSH was never answered";
+  }
+  if (b_answered) {
+    ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
+    EXPECT_FALSE(read(*after_.engine, off, len) == data) << "expected the loss to show";
+  }
+}
+
+// Issue 11 defect 2: shutdown() returns only once the writeback in flight has
+// finished: no origin operation may still be outstanding then.
+TEST_F(EngineCrashCaseTest, ShutdownWaitsForWritebackInFlight) {
+  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
+  CacheEngine& e = *before_.engine;
+  auto data = rbdcache::testing::pattern(kBlockSize, 42);
+  ASSERT_TRUE(write(e, 2 * kBlockSize, data, false).is_ok());
+  before_.origin->hold(FaultOrigin::Op::kWrite);
+  e.request_full_writeback();
+  ASSERT_TRUE(before_.origin->wait_for_held(1, std::chrono::seconds(10)))
+      << "the writeback never wrote the origin";
+  auto in_flight_at_return = std::async(std::launch::async, [&] {
+    e.shutdown().ignore_error();
+    return before_.origin->in_flight();
+  });
+  if (in_flight_at_return.wait_for(std::chrono::milliseconds(300)) == std::future_status::ready) {
+    const uint64_t n = in_flight_at_return.get();
+    EXPECT_EQ(n, 0u) << "shutdown() returned with " << n << " origin operations in flight";
+    // Their completions would run on the engine's stopped reactor.
+    before_.origin->abandon_held();
+    return;
+  }
+  before_.origin->hold(FaultOrigin::Op::kWrite, false);
+  before_.origin->release_all();
+  EXPECT_EQ(in_flight_at_return.get(), 0u) << "shutdown() returned with origin operations in flight";
+}
+
+// Issue 11 defect 8: when only the process dies, every device keeps what it
+// was given, and no acknowledged write may be lost, flushed or not.
+class EngineProcessCrashTest : public EngineCrashCaseTest,
+                               public ::testing::WithParamInterface<Mode> {};
+
+TEST_P(EngineProcessCrashTest, ProcessCrashLosesNoAcknowledgedWrite) {
+  ASSERT_NO_FATAL_FAILURE(open(GetParam()));
+  CacheEngine& e = *before_.engine;
+  const uint64_t off = 6 * kBlockSize, len = 4 * kBlockSize;
+  auto data = rbdcache::testing::pattern(len, 43);
+  for (int pass = 0; pass < 2; ++pass) {  // the second pass hits cached blocks
+    for (uint64_t at = 0; at < len; at += kBlockSize) {
+      ASSERT_TRUE(write(e, off + at, std::span(data).subspan(at, kBlockSize), false).is_ok());
+    }
+  }
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover(Cut::kProcessCrash));
+  EXPECT_TRUE(read(*after_.engine, off, len) == data)
+      << "an acknowledged write is lost after a process crash";
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, EngineProcessCrashTest,
+                         ::testing::Values(Mode::kWriteback, Mode::kWritethrough,
+                                           Mode::kPassthrough),
+                         [](const ::testing::TestParamInfo<Mode>& i) {
+                           return std::string(mode_name(i.param));
                          });
 
 }  // namespace
