@@ -116,13 +116,6 @@ EngineOptions ModelRun::options() {
 
 Status ModelRun::open(const StackImages& img) {
   auto fresh = std::make_unique<Stack>();
-  std::unique_ptr<Stack> old;
-  {
-    std::lock_guard<std::mutex> lock(stack_mu_);
-    old = std::move(stack_);
-    stack_ = std::move(fresh);
-  }
-  old.reset();
   EngineOptions o = options();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -130,11 +123,19 @@ Status ModelRun::open(const StackImages& img) {
            << " max_dirty_age_ms=" << o.max_dirty_age.count()
            << " high=" << o.dirty_high_watermark << " cutoff=" << o.sequential_cutoff << "\n";
   }
-  Status st = testing::open_stack(*stack_, img, o, std::chrono::microseconds(rng_() % 300));
-  if (!st.is_ok()) return st;
-  // Origin writes and flushes complete in an order of the releaser's choice.
-  stack_->origin->hold(FaultOrigin::Op::kWrite);
-  stack_->origin->hold(FaultOrigin::Op::kFlush);
+  Status st = testing::open_stack(*fresh, img, o, std::chrono::microseconds(rng_() % 300));
+  if (st.is_ok()) {
+    // Origin writes and flushes complete in an order of the releaser's choice.
+    fresh->origin->hold(FaultOrigin::Op::kWrite);
+    fresh->origin->hold(FaultOrigin::Op::kFlush);
+  }
+  // Only a complete stack is handed to the releaser.
+  std::unique_ptr<Stack> old;
+  {
+    std::lock_guard<std::mutex> lock(stack_mu_);
+    old = std::move(stack_);
+    stack_ = std::move(fresh);
+  }
   return st;
 }
 
