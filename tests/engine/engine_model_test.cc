@@ -250,11 +250,10 @@ std::string ModelRun::restart(After how) {
   if (how == After::kCleanShutdown) {
     Status st = s.engine->shutdown();
     if (!st.is_ok()) return "clean shutdown failed: " + st.to_string();
-    if (s.origin->in_flight() != 0) {
+    if (const uint64_t n = s.origin->in_flight(); n != 0) {
       s.origin->abandon_held();
       done_.store(true);
-      return "shutdown returned with " + std::to_string(s.origin->in_flight()) +
-             " origin operations in flight";
+      return "shutdown returned with " + std::to_string(n) + " origin operations in flight";
     }
     img = crash_images(s, Cut::kProcessCrash, rng_);  // everything it wrote
   } else {

@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "io/reactor.h"
 
@@ -32,7 +33,15 @@ FaultOrigin::FaultOrigin(Origin& inner, std::vector<std::byte> durable_image,
   assert(durable_.size() == inner_.size());
 }
 
-FaultOrigin::~FaultOrigin() = default;
+FaultOrigin::~FaultOrigin() {
+  // A completion may still be finishing on its reactor thread (its caller
+  // has seen it already): wait for it to let go of this object. An operation
+  // whose caller vanished never finishes; do not wait for it for ever.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (in_flight_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
 
 bool FaultOrigin::check_locked(const OpInfo& info, Status& st) {
   const int k = static_cast<int>(info.op);
@@ -187,8 +196,9 @@ void FaultOrigin::deliver(const OpInfo& info, Status st, uint64_t flush_upto,
       it->seq = next_seq_++;
     }
   }
-  in_flight_.fetch_sub(1);
   done(st);
+  // Only now: whoever waits for in_flight() == 0 may destroy the caller.
+  in_flight_.fetch_sub(1);
 }
 
 void FaultOrigin::apply_locked(std::vector<std::byte>& img, const Pending& p) const {
@@ -254,6 +264,7 @@ void FaultOrigin::abandon_held() {
     std::lock_guard<std::mutex> lock(power_->mutex());
     all.swap(held_);
   }
+  in_flight_.fetch_sub(all.size());
   // Their callbacks are destroyed here, unrun.
 }
 

@@ -59,6 +59,7 @@ class FaultOrigin final : public Origin {
   // outlive this object. `power` is shared with the other devices.
   FaultOrigin(Origin& inner, std::vector<std::byte> durable_image,
               std::shared_ptr<PowerSwitch> power);
+  // Waits (up to 2 s) for completions still running on their reactors.
   ~FaultOrigin() override;
 
   uint64_t size() const override { return inner_.size(); }
@@ -94,9 +95,9 @@ class FaultOrigin final : public Origin {
   void release_all();
   // Waits until at least `n` completions are held; false on timeout.
   bool wait_for_held(size_t n, std::chrono::milliseconds timeout) const;
-  // Forgets the held completions without ever running them: for a test
-  // whose caller (and its reactor) is gone, which a correct caller never
-  // allows.
+  // Forgets the held completions without ever running them (they no longer
+  // count as in flight): for a test whose caller (and its reactor) is gone,
+  // which a correct caller never allows.
   void abandon_held();
 
   // --- Images (stable once the power is cut or the origin is idle).
@@ -105,7 +106,7 @@ class FaultOrigin final : public Origin {
   std::vector<std::byte> current_image() const;
 
   // --- Counters.
-  // Operations issued whose completion has not yet run.
+  // Operations issued whose completion has not yet run to its end.
   uint64_t in_flight() const { return in_flight_.load(); }
   // Flushes whose success was delivered.
   uint64_t flushes() const;

@@ -7,6 +7,7 @@
 #include <future>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "../unit/io_test_util.h"
 #include "crash_stack.h"
@@ -88,6 +89,10 @@ TEST_F(FaultOriginTest, AFlushCoversOnlyWritesCompletedBeforeIt) {
   EXPECT_EQ(origin_->in_flight(), 1u);
   origin_->release_all();
   EXPECT_TRUE(wrote.get_future().get().is_ok());
+  // It stops counting once the completion has returned.
+  for (int i = 0; i < 1000 && origin_->in_flight() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   EXPECT_EQ(origin_->in_flight(), 0u);
   EXPECT_EQ(origin_->synced_image(), initial_);
   ASSERT_TRUE(flush().is_ok());
@@ -105,9 +110,13 @@ TEST_F(FaultOriginTest, HeldCompletionsAreReleasedInTheOrderChosen) {
     for (int i = 0; i < 3; ++i) {
       origin_->write(rt_.reactor(), uint64_t(i) * 4096, data[i], WriteFlags{}, [&, i](Status st) {
         EXPECT_TRUE(st.is_ok());
-        std::lock_guard<std::mutex> lock(mu);
-        order.push_back(i);
-        if (order.size() == 3) all.set_value();
+        bool last;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          order.push_back(i);
+          last = order.size() == 3;
+        }
+        if (last) all.set_value();  // the last use of the test's locals
       });
     }
   });
