@@ -155,6 +155,25 @@ TEST_F(EngineCrashCaseTest, WritebackMarksBlocksCleanOnlyAfterTheOriginFlush) {
       << "the block was committed clean before its origin flush completed";
 }
 
+TEST_F(EngineCrashCaseTest, FailedWritebackKeepsTheBlockDirtyAndItsData) {
+  ASSERT_NO_FATAL_FAILURE(open());
+  CacheEngine& e = *before_.engine;
+  const uint64_t off = 4 * kBlockSize;
+  auto data = rbdcache::testing::pattern(kBlockSize, 25);
+  ASSERT_TRUE(write(e, off, data, false).is_ok());
+  before_.origin->fail_next(FaultOrigin::Op::kWrite);
+  e.request_full_writeback();
+  for (int i = 0; i < 1000 && e.stats().writeback_errors == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(e.stats().writeback_errors, 0u) << "the injected origin write error was not seen";
+  EXPECT_EQ(e.stats().dirty_blocks, 1u) << "a failed writeback cleaned the block";
+  ASSERT_TRUE(flush(e).is_ok());
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover());
+  ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
+  EXPECT_TRUE(read(*after_.engine, off, kBlockSize) == data);
+}
+
 // FLUSH covers every completed write, wherever the engine put it: writes
 // that reached the origin must be flushed there before the reply.
 class EngineCrashFlushTest : public EngineCrashCaseTest,
