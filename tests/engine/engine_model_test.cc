@@ -60,6 +60,9 @@ struct Params {
   Mode mode;
   bool process_crash;  // cuts are process crashes, not power cuts
 };
+void PrintTo(const Params& p, std::ostream* os) {
+  *os << mode_name(p.mode) << (p.process_crash ? ", process crashes" : ", power cuts");
+}
 
 class ModelRun {
  public:
