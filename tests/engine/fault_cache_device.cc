@@ -128,6 +128,11 @@ std::vector<std::byte> FaultCacheDevice::synced_image() const {
   return img;
 }
 
+std::vector<std::byte> FaultCacheDevice::current_image() const {
+  std::lock_guard<std::mutex> lock(power_->mutex());
+  return current_;
+}
+
 void FaultCacheDevice::during_next_sync(std::function<void()> fn) {
   std::lock_guard<std::mutex> lock(power_->mutex());
   sync_hook_ = std::move(fn);

@@ -75,6 +75,9 @@ class FaultCacheDevice final : public CacheDevice {
   std::vector<std::byte> crash_image(std::mt19937_64& rng) const;
   // The image after a power cut that lost every unsynced write but FUA ones.
   std::vector<std::byte> synced_image() const;
+  // The image with every completed write (a process crash: they had
+  // reached the kernel).
+  std::vector<std::byte> current_image() const;
 
   // Runs `fn` once, on the syncing thread, during the next sync(): after
   // the writes that sync covers are fixed and before it completes. Lets a
