@@ -19,6 +19,7 @@ TEST_PKGS=(
   libnbd-bin libnbd-dev qemu-utils fio nbdkit
   python3 util-linux bsdutils procps curl systemd
   ceph-mon ceph-osd ceph-common
+  qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs
 )
 
 pkgs=("${BUILD_PKGS[@]}")

@@ -207,7 +207,8 @@ int run_map(const MapArgs& a) {
   req.dead_conn_timeout = a.server.dead_conn_timeout;
   req.server_flags = exp.transmission_flags | (a.read_only ? nbd::kTxReadOnly : 0);
   req.fds = conns->raw_fds();
-  req.backend = nbd::backend_identifier(*socket, a.server.export_name);
+  // The identifier records the real count: the kernel's queues stop at the CPU count.
+  req.backend = nbd::backend_identifier(*socket, a.server.export_name, static_cast<unsigned>(req.fds.size()));
   auto mapped = (*nl)->connect(req);
   if (!mapped.is_ok()) {
     print_error("map", mapped.status());
@@ -343,17 +344,27 @@ int run_attach(const AttachArgs& a) {
     print_error("attach", socket.status());
     return 1;
   }
-  const std::string backend = nbd::backend_identifier(*socket, a.server.export_name);
-  // Kernels before 5.14 keep no backend; they cannot tell a wrong server.
-  if (!dev->backend.empty() && dev->backend != backend) {
-    auto mapped_socket = nbd::socket_of_backend(dev->backend);
-    print_error("attach", Status::invalid_argument(fmt::format(
-                              "{} was mapped from '{}', not '{}'{}", path, dev->backend, backend,
-                              mapped_socket ? fmt::format(" (attach it with --socket {})", *mapped_socket) : "")));
-    return 1;
+  // The kernel wants the CONNECT's identifier back verbatim (since 5.14);
+  // kernels before that keep none and cannot tell a wrong server.
+  std::string backend = nbd::backend_identifier(*socket, a.server.export_name, 0);
+  std::optional<unsigned> recorded;
+  if (!dev->backend.empty()) {
+    auto mapped = nbd::parse_backend(dev->backend);
+    if (!mapped || mapped->socket != *socket || mapped->export_name != a.server.export_name) {
+      print_error("attach", Status::invalid_argument(fmt::format(
+                                "{} was mapped from '{}', not '{}'{}", path, dev->backend, backend,
+                                mapped ? fmt::format(" (attach it with --socket {}{})", mapped->socket,
+                                                     mapped->export_name.empty() ? ""
+                                                                                 : " --export " + mapped->export_name)
+                                       : "")));
+      return 1;
+    }
+    backend = dev->backend;
+    recorded = mapped->connections;
   }
   const bool explicit_count = a.server.connections != 0;
-  const unsigned wanted = explicit_count ? a.server.connections : std::max(1u, dev->connections);
+  // Devices mapped by earlier versions record no count: their queues are the best guess.
+  const unsigned wanted = explicit_count ? a.server.connections : recorded.value_or(std::max(1u, dev->hw_queues));
   auto conns = connect_server(a.server.socket, a.server.export_name, wanted, explicit_count);
   if (!conns.is_ok()) {
     print_error("attach", conns.status());

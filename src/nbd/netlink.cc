@@ -21,6 +21,7 @@ namespace {
 
 constexpr std::string_view kBackendPrefix = "rbdcache:";
 constexpr std::string_view kBackendExport = "?export=";
+constexpr std::string_view kBackendConnections = ";connections=";
 
 Status message_full() { return Status::from_errno(EMSGSIZE, "netlink message too small"); }
 
@@ -359,23 +360,43 @@ Result<uint32_t> parse_device(std::string_view name) {
 
 std::string device_path(uint32_t index) { return fmt::format("/dev/nbd{}", index); }
 
-std::string backend_identifier(std::string_view socket_path, std::string_view export_name) {
+std::string backend_identifier(std::string_view socket_path, std::string_view export_name, unsigned connections) {
   std::string id(kBackendPrefix);
   id += socket_path;
   if (!export_name.empty()) {
     id += kBackendExport;
     id += export_name;
   }
+  if (connections != 0) id += fmt::format("{}{}", kBackendConnections, connections);
   return id;
 }
 
-std::optional<std::string> socket_of_backend(std::string_view backend) {
+std::optional<RbdcacheBackend> parse_backend(std::string_view backend) {
   if (backend.rfind(kBackendPrefix, 0) != 0) return std::nullopt;
   backend.remove_prefix(kBackendPrefix.size());
+  RbdcacheBackend b;
+  // The count comes last and is digits only.
+  size_t c = backend.rfind(kBackendConnections);
+  if (c != std::string_view::npos) {
+    if (auto n = parse_number<unsigned>(backend.substr(c + kBackendConnections.size())); n && *n > 0) {
+      b.connections = *n;
+      backend = backend.substr(0, c);
+    }
+  }
   // A socket path may itself contain "?export=": the last one separates.
   size_t q = backend.rfind(kBackendExport);
-  if (q != std::string_view::npos) backend = backend.substr(0, q);
-  return std::string(backend);
+  if (q != std::string_view::npos) {
+    b.export_name = std::string(backend.substr(q + kBackendExport.size()));
+    backend = backend.substr(0, q);
+  }
+  b.socket = std::string(backend);
+  return b;
+}
+
+std::optional<std::string> socket_of_backend(std::string_view backend) {
+  auto b = parse_backend(backend);
+  if (!b) return std::nullopt;
+  return b->socket;
 }
 
 Result<SysfsDevice> read_sysfs_device(uint32_t index, const std::string& sysfs_root) {
@@ -397,8 +418,10 @@ Result<SysfsDevice> read_sysfs_device(uint32_t index, const std::string& sysfs_r
   }
   d.read_only = read_attr(dir / "ro").value_or("0") == "1";
   for (const auto& e : fs::directory_iterator(dir / "mq", ec)) {
-    if (e.is_directory(ec)) ++d.connections;
+    if (e.is_directory(ec)) ++d.hw_queues;
   }
+  auto rb = parse_backend(d.backend);
+  d.connections = rb && rb->connections ? *rb->connections : d.hw_queues;
   return d;
 }
 

@@ -151,11 +151,23 @@ std::string device_path(uint32_t index);
 
 // The backend identifier rbdcache gives a device it maps from the unix
 // socket `socket_path` (which should be canonical, so that map and attach
-// agree): "rbdcache:" + path, then "?export=" + name if the name is not
-// empty.
-std::string backend_identifier(std::string_view socket_path, std::string_view export_name);
-// The socket path of an identifier made by backend_identifier(); nullopt if
-// `backend` is not rbdcache's.
+// agree) with `connections` sockets: "rbdcache:" + path, then "?export=" +
+// name if the name is not empty, then ";connections=N" when `connections`
+// is not 0. The kernel shows as many hardware queues as the machine has CPUs
+// at most, so the identifier is where attach finds how many sockets the
+// device really had.
+std::string backend_identifier(std::string_view socket_path, std::string_view export_name, unsigned connections);
+
+// What an identifier made by backend_identifier() says. Identifiers of
+// earlier versions have no connection count (nullopt).
+struct RbdcacheBackend {
+  std::string socket;
+  std::string export_name;
+  std::optional<unsigned> connections;
+};
+// nullopt if `backend` is not rbdcache's.
+std::optional<RbdcacheBackend> parse_backend(std::string_view backend);
+// parse_backend(backend)->socket.
 std::optional<std::string> socket_of_backend(std::string_view backend);
 
 // What /sys/block/nbdN says. Attributes the kernel does not show read as
@@ -168,7 +180,11 @@ struct SysfsDevice {
   uint64_t size_bytes = 0;
   uint32_t logical_block_size = 512;
   bool read_only = false;
-  unsigned connections = 0;       // hardware queues: one per socket given at CONNECT
+  // The sockets given at CONNECT: the count rbdcache's backend identifier
+  // records, else `hw_queues`.
+  unsigned connections = 0;
+  // /sys/block/nbdN/mq entries: one per socket, but no more than the CPUs.
+  unsigned hw_queues = 0;
 };
 
 // ENOENT when /sys/block/nbdN does not exist. `sysfs_root` is for tests.

@@ -355,12 +355,45 @@ TEST(NbdDeviceName, RejectsEverythingElse) {
 }
 
 TEST(NbdBackend, IdentifierNamesTheSocketAndTheExport) {
-  EXPECT_EQ(backend_identifier("/run/rbdcache/vm1.sock", ""), "rbdcache:/run/rbdcache/vm1.sock");
-  EXPECT_EQ(backend_identifier("/run/x.sock", "disk"), "rbdcache:/run/x.sock?export=disk");
+  EXPECT_EQ(backend_identifier("/run/rbdcache/vm1.sock", "", 0), "rbdcache:/run/rbdcache/vm1.sock");
+  EXPECT_EQ(backend_identifier("/run/x.sock", "disk", 0), "rbdcache:/run/x.sock?export=disk");
   EXPECT_EQ(socket_of_backend("rbdcache:/run/rbdcache/vm1.sock"), std::optional<std::string>("/run/rbdcache/vm1.sock"));
   EXPECT_EQ(socket_of_backend("rbdcache:/run/x.sock?export=disk"), std::optional<std::string>("/run/x.sock"));
   EXPECT_EQ(socket_of_backend("c704cb91-c6cf-466e-a335-0e935c0d5e47"), std::nullopt) << "rbd-nbd's cookie";
   EXPECT_EQ(socket_of_backend(""), std::nullopt);
+}
+
+TEST(NbdBackend, IdentifierRecordsTheConnectionCount) {
+  EXPECT_EQ(backend_identifier("/run/x.sock", "", 4), "rbdcache:/run/x.sock;connections=4");
+  EXPECT_EQ(backend_identifier("/run/x.sock", "disk", 16), "rbdcache:/run/x.sock?export=disk;connections=16");
+  auto b = parse_backend("rbdcache:/run/x.sock?export=disk;connections=16");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->socket, "/run/x.sock");
+  EXPECT_EQ(b->export_name, "disk");
+  EXPECT_EQ(b->connections, std::optional<unsigned>(16));
+  b = parse_backend("rbdcache:/run/x.sock;connections=3");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->socket, "/run/x.sock");
+  EXPECT_EQ(b->export_name, "");
+  EXPECT_EQ(b->connections, std::optional<unsigned>(3));
+}
+
+TEST(NbdBackend, IdentifiersWithoutACountStillParse) {
+  auto b = parse_backend("rbdcache:/run/x.sock?export=disk");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->socket, "/run/x.sock");
+  EXPECT_EQ(b->export_name, "disk");
+  EXPECT_EQ(b->connections, std::nullopt);
+  // Not a count: left in the name.
+  b = parse_backend("rbdcache:/run/x.sock?export=d;connections=many");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->export_name, "d;connections=many");
+  EXPECT_EQ(b->connections, std::nullopt);
+  b = parse_backend("rbdcache:/run/x.sock;connections=0");
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->socket, "/run/x.sock;connections=0");
+  EXPECT_EQ(b->connections, std::nullopt);
+  EXPECT_EQ(parse_backend("nbd-client"), std::nullopt);
 }
 
 // --- sysfs ---
@@ -399,7 +432,21 @@ TEST_F(SysfsTest, ReadsAConnectedDevice) {
   EXPECT_EQ(d->size_bytes, 1ull << 30);
   EXPECT_EQ(d->logical_block_size, 4096u);
   EXPECT_TRUE(d->read_only);
-  EXPECT_EQ(d->connections, 2u);
+  EXPECT_EQ(d->hw_queues, 2u);
+  EXPECT_EQ(d->connections, 2u) << "no count in the backend: the queues";
+}
+
+TEST_F(SysfsTest, ConnectionsComeFromTheBackendNotTheQueues) {
+  // Four sockets on a two-CPU machine: two hardware queues.
+  write("block/nbd1/pid", "4242\n");
+  write("block/nbd1/backend", "rbdcache:/run/x.sock;connections=4\n");
+  write("block/nbd1/size", "2048\n");
+  std::filesystem::create_directories(root_ / "block/nbd1/mq/0");
+  std::filesystem::create_directories(root_ / "block/nbd1/mq/1");
+  auto d = read_sysfs_device(1, root_.string());
+  ASSERT_TRUE(d.is_ok()) << d.status().to_string();
+  EXPECT_EQ(d->hw_queues, 2u);
+  EXPECT_EQ(d->connections, 4u);
 }
 
 TEST_F(SysfsTest, AnUnconfiguredDeviceHasNoPidNorBackend) {
@@ -413,6 +460,7 @@ TEST_F(SysfsTest, AnUnconfiguredDeviceHasNoPidNorBackend) {
   EXPECT_FALSE(d->read_only);
   EXPECT_EQ(d->logical_block_size, 512u);
   EXPECT_EQ(d->connections, 0u);
+  EXPECT_EQ(d->hw_queues, 0u);
 }
 
 TEST_F(SysfsTest, AMissingDeviceIsENOENT) {
