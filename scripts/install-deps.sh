@@ -19,6 +19,7 @@ TEST_PKGS=(
   libnbd-bin libnbd-dev qemu-utils fio nbdkit
   python3 util-linux bsdutils procps curl systemd
   ceph-mon ceph-osd ceph-common
+  jq gnuplot-nox qemu-block-extra
 )
 
 pkgs=("${BUILD_PKGS[@]}")
