@@ -7,6 +7,7 @@
 BENCH_PIDS=()          # servers started by bench_start and still running
 BENCH_CLUSTERS=()      # dev-ceph.sh cluster directories we started
 BENCH_DEV_CEPH=${BENCH_DEV_CEPH:-scripts/dev-ceph.sh}
+BENCH_IMAGES=()        # "CONF ID POOL/IMAGE" of RBD images we created
 
 bench_log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -58,9 +59,11 @@ _bench_forget() {
   BENCH_PIDS=("${keep[@]}")
 }
 
-# bench_stop PID [SIGNAL]: stop one server and wait for it.
+# bench_stop PID [SIGNAL]: stop one server and wait for it.  Returns the
+# server's exit status (128 + the signal's number if it was killed by one;
+# 137 if it ignored the signal and had to be killed).
 bench_stop() {
-  local pid=$1 sig=${2:-TERM} i
+  local pid=$1 sig=${2:-TERM} i rc=0
   kill -"$sig" "$pid" 2>/dev/null || true
   for ((i = 0; i < 300; i++)); do
     kill -0 "$pid" 2>/dev/null || break
@@ -70,12 +73,13 @@ bench_stop() {
     bench_log "pid $pid ignored SIG$sig; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  wait "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || rc=$?
   _bench_forget "$pid"
+  return $rc
 }
 
 # bench_stats PID LOG: make an rbdcache server log its statistics (SIGUSR1)
-# and print the JSON object.
+# and print the JSON object.  Fails when no statistics line appears in 5 s.
 bench_stats() {
   local pid=$1 log=$2 n i
   n=$(grep -c 'info: stats {' "$log" || true)
@@ -87,8 +91,8 @@ bench_stats() {
     fi
     sleep 0.02
   done
-  bench_log "no stats line from pid $pid"
-  echo '{}'
+  bench_log "no stats line from pid $pid in $log"
+  return 1
 }
 
 # bench_field JSON FIELD
@@ -114,6 +118,18 @@ bench_cluster_stop() {
   BENCH_CLUSTERS=("${keep[@]}")
 }
 
+# bench_image_remove "CONF ID POOL/IMAGE": remove an image we created, with
+# its snapshots (a cache's detach snapshot would keep it).
+bench_image_remove() {
+  local conf id spec d keep=()
+  read -r conf id spec <<<"$1"
+  timeout 60 rbd --conf "$conf" --id "$id" snap purge --no-progress "$spec" >/dev/null 2>&1 || true
+  timeout 60 rbd --conf "$conf" --id "$id" rm --no-progress "$spec" >/dev/null 2>&1 ||
+    bench_log "warning: could not remove image $spec"
+  for d in "${BENCH_IMAGES[@]}"; do [ "$d" = "$1" ] || keep+=("$d"); done
+  BENCH_IMAGES=("${keep[@]}")
+}
+
 bench_cleanup() {
   local p d
   for p in "${BENCH_PIDS[@]}"; do
@@ -126,6 +142,7 @@ bench_cleanup() {
     wait "$p" 2>/dev/null || true
   done
   BENCH_PIDS=()
+  for d in "${BENCH_IMAGES[@]}"; do bench_image_remove "$d"; done
   for d in "${BENCH_CLUSTERS[@]}"; do
     "$BENCH_DEV_CEPH" stop --dir "$d" >&2 || true
     rm -f "$d.client.conf"

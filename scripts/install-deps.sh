@@ -20,6 +20,7 @@ TEST_PKGS=(
   python3 util-linux bsdutils procps curl systemd
   ceph-mon ceph-osd ceph-common
   qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs
+  jq gnuplot-nox qemu-block-extra
 )
 
 pkgs=("${BUILD_PKGS[@]}")
