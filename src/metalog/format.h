@@ -264,7 +264,7 @@ static_assert(offsetof(RingHeaderDisk, committed) == 64);
 
 struct RingSlotDisk {
   uint64_t sequence;            // ring sequence, >= 1; 0 in a slot never written
-  uint32_t crc;                 // crc32c of the whole slot, this field as 0
+  uint32_t crc;                 // crc32c of bytes 0..16+length-1, this field as 0
   uint16_t length;              // bytes of the encoded entry
   uint16_t reserved;            // zero
   uint8_t entry[112];           // one entry, encoded as in a record payload; rest zero

@@ -32,11 +32,16 @@ uint32_t header_crc(const RingHeaderDisk& h) {
   return crc32c(std::span(reinterpret_cast<const std::byte*>(&c), offsetof(RingHeaderDisk, committed)));
 }
 
+// crc32c of the slot's first 16 + length bytes, the crc field as 0: the
+// bytes after the entry are not covered. `length` must be at most 112.
 uint32_t slot_crc(const std::byte* slot) {
+  uint16_t len;
+  std::memcpy(&len, slot + offsetof(RingSlotDisk, length), sizeof(len));
+  const size_t n = offsetof(RingSlotDisk, entry) + len;
   std::byte tmp[kRingSlotSize];
-  std::memcpy(tmp, slot, kRingSlotSize);
+  std::memcpy(tmp, slot, n);
   std::memset(tmp + offsetof(RingSlotDisk, crc), 0, sizeof(uint32_t));
-  return crc32c(std::span<const std::byte>(tmp, kRingSlotSize));
+  return crc32c(std::span<const std::byte>(tmp, n));
 }
 
 size_t file_size(uint32_t slots) { return kRingHeaderSize + size_t{slots} * kRingSlotSize; }
@@ -129,7 +134,7 @@ Result<std::unique_ptr<IntentRing>> IntentRing::open(const RingOptions& opts, co
         const std::byte* s = img.data() + kRingHeaderSize + (seq % h.slot_count) * kRingSlotSize;
         RingSlotDisk slot;
         std::memcpy(&slot, s, sizeof(slot));
-        if (slot.sequence != seq || slot.crc != slot_crc(s) || slot.length > sizeof(slot.entry)) break;
+        if (slot.sequence != seq || slot.length > sizeof(slot.entry) || slot.crc != slot_crc(s)) break;
         std::vector<Entry> one;
         Status st = decode_entries(std::span(reinterpret_cast<const std::byte*>(slot.entry), slot.length),
                                    1, sub_blocks, one);
@@ -179,7 +184,7 @@ Status IntentRing::rewrite(uint32_t slots, uint64_t committed, std::span<const s
     ::unlink(tmp.c_str());
     return Status::system_error(err, fmt::format("cannot size intent ring '{}'", tmp));
   }
-  void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   ::close(fd);
   if (m == MAP_FAILED) {
     int err = errno;
@@ -221,14 +226,13 @@ std::byte* IntentRing::slot_at(uint64_t seq) const {
 
 uint64_t IntentRing::committed() const { return committed_ref(map_).load(std::memory_order_relaxed); }
 
-void IntentRing::encode_slot(const Entry& e, uint64_t seq, std::byte* out) const {
-  std::vector<std::byte> enc;
-  enc.reserve(kMaxEntrySize);
-  encode_entry(e, sub_blocks_, enc);
+void IntentRing::encode_slot(const Entry& e, uint64_t seq, std::byte* out) {
+  enc_.clear();
+  encode_entry(e, sub_blocks_, enc_);
   RingSlotDisk s{};
   s.sequence = seq;
-  s.length = static_cast<uint16_t>(enc.size());
-  std::memcpy(s.entry, enc.data(), enc.size());
+  s.length = static_cast<uint16_t>(enc_.size());
+  std::memcpy(s.entry, enc_.data(), enc_.size());
   std::memcpy(out, &s, kRingSlotSize);
   const uint32_t c = slot_crc(out);
   std::memcpy(out + offsetof(RingSlotDisk, crc), &c, sizeof(c));

@@ -104,7 +104,7 @@ class IntentRing {
   Status rewrite(uint32_t slots, uint64_t committed, std::span<const std::byte> raw_slots,
                  uint64_t first_seq);
   std::byte* slot_at(uint64_t seq) const;
-  void encode_slot(const Entry& e, uint64_t seq, std::byte* out) const;
+  void encode_slot(const Entry& e, uint64_t seq, std::byte* out);
 
   std::string path_;
   Uuid uuid_;
@@ -114,6 +114,7 @@ class IntentRing {
   std::byte* map_ = nullptr;
   size_t map_len_ = 0;
   uint64_t next_ = 1;
+  std::vector<std::byte> enc_;  // scratch for one encoded entry
 };
 
 }  // namespace rbdcache::metalog
