@@ -39,6 +39,11 @@ class BlockDevice {
   // Afterwards the range reads as zeros or as its old contents; the log
   // accepts either. Devices that cannot discard return ok and do nothing.
   [[nodiscard]] virtual Status discard(uint64_t offset, uint64_t length) = 0;
+
+  // True when what was written (synced or not) outlives this process, as
+  // with a file or a block device: then the metadata log keeps an intent
+  // ring (metalog/intent_ring.h) by default.
+  virtual bool outlives_process() const { return false; }
 };
 
 // A regular file or a block device, through pread/pwrite/fdatasync and
@@ -59,6 +64,7 @@ class FileBlockDevice final : public BlockDevice {
   Status write(uint64_t offset, std::span<const std::byte> data) override;
   Status sync() override;
   Status discard(uint64_t offset, uint64_t length) override;
+  bool outlives_process() const override { return true; }
 
  private:
   FileBlockDevice(int fd, std::string path, uint64_t size, bool is_blockdev)

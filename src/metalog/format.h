@@ -238,6 +238,44 @@ inline constexpr uint32_t kRecordHeaderSize = sizeof(RecordHeaderDisk);
 inline constexpr uint32_t kMaxPayloadSize = kLogBlockSize - kRecordHeaderSize;  // 4032
 
 // ---------------------------------------------------------------------------
+// Intent ring (not on the metadata device): a file on tmpfs holding the
+// entries accepted since the last commit (metalog/intent_ring.h). A 4096-byte
+// header block, then slot_count slots; ring sequence s lives in slot
+// s % slot_count.
+inline constexpr uint64_t kRingMagic = magic8("RBDCRING");
+inline constexpr uint32_t kRingVersion = 1;
+
+struct RingHeaderDisk {
+  uint64_t magic;               // kRingMagic
+  uint32_t crc;                 // crc32c of bytes 0..63, this field as 0
+  uint32_t version;             // kRingVersion
+  uint8_t log_uuid[16];         // SuperblockDisk::uuid of the log it belongs to
+  uint8_t boot_id[16];          // /proc/sys/kernel/random/boot_id when written
+  uint32_t slot_size;           // bytes per slot (128)
+  uint32_t slot_count;
+  uint32_t sub_blocks;          // mask width of the encoded entries
+  uint32_t reserved;            // zero
+  uint64_t committed;           // outside the crc: every ring sequence <= this is durable in the log
+};
+static_assert(sizeof(RingHeaderDisk) == 72);
+static_assert(offsetof(RingHeaderDisk, log_uuid) == 16);
+static_assert(offsetof(RingHeaderDisk, boot_id) == 32);
+static_assert(offsetof(RingHeaderDisk, slot_size) == 48);
+static_assert(offsetof(RingHeaderDisk, committed) == 64);
+
+struct RingSlotDisk {
+  uint64_t sequence;            // ring sequence, >= 1; 0 in a slot never written
+  uint32_t crc;                 // crc32c of bytes 0..16+length-1, this field as 0
+  uint16_t length;              // bytes of the encoded entry
+  uint16_t reserved;            // zero
+  uint8_t entry[112];           // one entry, encoded as in a record payload; rest zero
+};
+static_assert(sizeof(RingSlotDisk) == 128);
+static_assert(offsetof(RingSlotDisk, crc) == 8);
+static_assert(offsetof(RingSlotDisk, length) == 12);
+static_assert(offsetof(RingSlotDisk, entry) == 16);
+
+// ---------------------------------------------------------------------------
 // Entries (record payload). Each entry starts with an op byte: the low four
 // bits are the op, the high four bits are modifiers. Mask fields are
 // mask_bytes(sub_blocks) bytes, bit i = sub-block i, least significant bit
@@ -255,5 +293,6 @@ inline constexpr uint8_t kModReserved = 0x80;   // must be zero
 
 constexpr uint32_t mask_bytes(uint32_t sub_blocks) { return (sub_blocks + 7) / 8; }
 inline constexpr uint32_t kMaxEntrySize = 1 + 4 + 8 + 2 * mask_bytes(kMaxSubBlocks);  // 77
+static_assert(kMaxEntrySize <= sizeof(RingSlotDisk::entry));
 
 }  // namespace rbdcache::metalog

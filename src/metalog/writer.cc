@@ -4,10 +4,11 @@
 
 #include "metalog/block_codec.h"
 #include "metalog/compactor.h"
+#include "util/log.h"
 
 namespace rbdcache::metalog {
 
-Result<std::unique_ptr<MetadataLog>> MetadataLog::open(BlockDevice& dev) {
+Result<std::unique_ptr<MetadataLog>> MetadataLog::open(BlockDevice& dev, const LogOptions& opts) {
   Result<Recovery> rec = recover_log(dev);
   if (!rec.is_ok()) return rec.status();
   if (rec->superblock.read_only_features()) {
@@ -17,7 +18,80 @@ Result<std::unique_ptr<MetadataLog>> MetadataLog::open(BlockDevice& dev) {
   }
   std::unique_ptr<MetadataLog> log(new MetadataLog(dev, std::move(*rec)));
   RBDCACHE_RETURN_IF_ERROR(log->seal_recovered());
+  const bool ring = opts.ring == LogOptions::Ring::kOn ||
+                    (opts.ring == LogOptions::Ring::kAuto && dev.outlives_process());
+  if (ring) RBDCACHE_RETURN_IF_ERROR(log->open_ring(opts));
+  std::lock_guard lk(log->commit_mu_);
+  log->publish_stats_locked();
   return log;
+}
+
+// The entries a crashed process had appended, reduced to the final state of
+// each cache block they touch (each entry states a block's whole state, so
+// replaying entries the log already holds is harmless):
+//   - a block they leave unmapped is unmapped in the log at once: an unmap
+//     never points at data, and the engine takes every slot that
+//     mappings() does not use for durably free;
+//   - a block they leave mapped goes into the first batch, so that it is
+//     committed the normal way, after the owner's before_write (the engine
+//     syncs the cache device there), and stays in the ring until then;
+//     mappings() shows it meanwhile.
+Status MetadataLog::open_ring(const LogOptions& opts) {
+  RingRecovery found;
+  auto valid = [this](const Entry& e) { return validate(e).is_ok(); };
+  auto ring = IntentRing::open(opts.ring_options, sb_.uuid, sb_.sub_blocks(), valid, found);
+  if (!ring.is_ok()) return ring.status().with_context("metadata intent ring");
+  if (!found.note.empty()) log::warn("{}: {}", (*ring)->path(), found.note);
+  {
+    std::lock_guard lk(batch_mu_);
+    ring_ = std::move(ring).value();
+    ring_recovered_ = found.entries.size();
+  }
+  if (found.entries.empty()) return Status::ok();
+  log::info("taking back {} metadata entries that a stopped process had not committed",
+            found.entries.size());
+  MappingTable view = state_.mappings();
+  std::vector<CacheBlock> touched;
+  for (const Entry& e : found.entries) {
+    touched.push_back(e.cache);
+    switch (e.op) {
+      case EntryOp::kMap: view[e.cache] = Mapping{e.origin, e.valid, e.dirty}; break;
+      case EntryOp::kUnmap: view.erase(e.cache); break;
+      case EntryOp::kSetDirty:
+        if (auto it = view.find(e.cache); it != view.end() && e.dirty.is_subset_of(it->second.valid)) {
+          it->second.dirty = e.dirty;
+        }
+        break;
+      default: break;
+    }
+  }
+  std::sort(touched.begin(), touched.end(),
+            [](CacheBlock a, CacheBlock b) { return a.value() < b.value(); });
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  std::vector<Entry> unmaps, maps;
+  for (CacheBlock c : touched) {
+    auto it = view.find(c);
+    if (it == view.end()) {
+      unmaps.push_back(Entry::unmap(c));
+    } else {
+      maps.push_back(Entry::map(c, it->second.origin, it->second.valid, it->second.dirty));
+    }
+  }
+  // The ring now holds the unmaps (sequences 1..u) and then the maps; a
+  // crash before the rename finds the old ring and replays it whole.
+  std::vector<Entry> all = unmaps;
+  all.insert(all.end(), maps.begin(), maps.end());
+  std::lock_guard ck(commit_mu_);
+  {
+    std::lock_guard lk(batch_mu_);
+    RBDCACHE_RETURN_IF_ERROR(ring_->reset(all));
+    batch_ = unmaps;
+  }
+  if (!unmaps.empty()) RBDCACHE_RETURN_IF_ERROR(commit_locked(nullptr, unmaps.size()));
+  std::lock_guard lk(batch_mu_);
+  batch_ = std::move(maps);
+  if (!batch_.empty()) view_ = std::move(view);
+  return Status::ok();
 }
 
 MetadataLog::MetadataLog(BlockDevice& dev, Recovery&& rec)
@@ -45,7 +119,11 @@ MetadataLog::MetadataLog(BlockDevice& dev, Recovery&& rec)
   }
 }
 
-MetadataLog::~MetadataLog() = default;
+// The ring file is deleted only when it holds nothing a restart would need.
+MetadataLog::~MetadataLog() {
+  std::lock_guard lk(batch_mu_);
+  if (ring_ && ring_->pending() == 0 && batch_.empty() && error_.is_ok()) ring_->remove();
+}
 
 // Open segments left by a crash are sealed at their last committed group, so
 // a torn group can never be mistaken for committed data later.
@@ -94,24 +172,54 @@ Status MetadataLog::append(const Entry& e) { return append(std::span<const Entry
 
 Status MetadataLog::append(std::span<const Entry> entries) {
   for (const Entry& e : entries) RBDCACHE_RETURN_IF_ERROR(validate(e));
-  std::lock_guard lk(batch_mu_);
-  if (!error_.is_ok()) return error_;
-  batch_.insert(batch_.end(), entries.begin(), entries.end());
+  std::function<void()> wanted;
+  {
+    std::lock_guard lk(batch_mu_);
+    if (!error_.is_ok()) return error_;
+    if (ring_) {
+      RBDCACHE_RETURN_IF_ERROR(ring_put_locked(entries));
+      if (!commit_wanted_sent_ && ring_->pending() * 2 >= ring_->capacity()) {
+        commit_wanted_sent_ = true;
+        ++ring_commit_requests_;
+        wanted = commit_wanted_;
+      }
+    }
+    batch_.insert(batch_.end(), entries.begin(), entries.end());
+  }
+  if (wanted) wanted();
   return Status::ok();
 }
 
-std::shared_future<Status> MetadataLog::commit_ticket() {
+// Waiting here for a commit to free slots could deadlock: the engine appends
+// under its own mutex, which its commit hooks take. A full ring is doubled
+// instead; its size is bounded like the batch itself, by what is appended
+// between two commits.
+Status MetadataLog::ring_put_locked(std::span<const Entry> entries) {
+  if (ring_->pending() + entries.size() > ring_->capacity()) {
+    uint32_t slots = ring_->capacity();
+    while (ring_->pending() + entries.size() > slots) slots *= 2;
+    log::warn("metadata intent ring full ({} entries since the last commit); growing it to {} slots",
+              ring_->pending(), slots);
+    Status st = ring_->grow(slots);
+    if (!st.is_ok()) {
+      if (error_.is_ok()) error_ = st;
+      return st;
+    }
+    ++ring_grows_;
+  }
+  for (const Entry& e : entries) {
+    Status st = ring_->put(e);
+    if (!st.is_ok()) {
+      if (error_.is_ok()) error_ = st;
+      return st;
+    }
+  }
+  return Status::ok();
+}
+
+void MetadataLog::set_commit_wanted(std::function<void()> fn) {
   std::lock_guard lk(batch_mu_);
-  if (!error_.is_ok()) {
-    std::promise<Status> p;
-    p.set_value(error_);
-    return p.get_future().share();
-  }
-  if (!batch_promise_) {
-    batch_promise_ = std::make_shared<std::promise<Status>>();
-    batch_future_ = batch_promise_->get_future().share();
-  }
-  return batch_future_;
+  commit_wanted_ = std::move(fn);
 }
 
 Status MetadataLog::commit() {
@@ -124,14 +232,14 @@ Status MetadataLog::commit(const std::function<Status()>& before_write) {
   return commit_locked(before_write);
 }
 
-Status MetadataLog::commit_locked(const std::function<Status()>& before_write) {
+Status MetadataLog::commit_locked(const std::function<Status()>& before_write, uint64_t ring_limit) {
   std::vector<Entry> batch;
-  std::shared_ptr<std::promise<Status>> promise;
+  uint64_t ring_mark = 0;  // the ring sequence of the batch's last entry
   Status err;
   {
     std::lock_guard lk(batch_mu_);
     batch.swap(batch_);
-    promise.swap(batch_promise_);
+    if (ring_) ring_mark = std::min(ring_->next_sequence() - 1, ring_limit);
     err = error_;
   }
   Status st = err;
@@ -156,7 +264,14 @@ Status MetadataLog::commit_locked(const std::function<Status()>& before_write) {
     }
     if (!st.is_ok()) st = fail(st);
   }
-  if (promise) promise->set_value(st);
+  if (st.is_ok()) {
+    // Every entry of the batch is durable: the ring may reuse their slots.
+    view_.reset();
+    std::lock_guard lk(batch_mu_);
+    if (ring_) ring_->mark_committed(ring_mark);
+    commit_wanted_sent_ = false;
+  }
+  publish_stats_locked();
   return st;
 }
 
@@ -164,6 +279,7 @@ Status MetadataLog::compact() {
   std::lock_guard lk(commit_mu_);
   RBDCACHE_RETURN_IF_ERROR(commit_locked());
   Status st = compact_locked();
+  publish_stats_locked();
   return st.is_ok() ? st : fail(st);
 }
 
@@ -188,6 +304,7 @@ Status MetadataLog::close() {
   }
   Status st = dev_.sync();
   ++syncs_;
+  publish_stats_locked();
   return st.is_ok() ? st : fail(st);
 }
 
@@ -356,7 +473,8 @@ Status MetadataLog::retire_dead_segments() {
   return Status::ok();
 }
 
-LogStats MetadataLog::stats() const {
+// Commit thread, commit_mu_ held (or the log not yet shared).
+void MetadataLog::publish_stats_locked() {
   LogStats st;
   st.wear = alloc_.stats(state_);
   st.commits = commits_;
@@ -368,45 +486,26 @@ LogStats MetadataLog::stats() const {
   st.mappings = state_.mappings().size();
   uint32_t usable = st.wear.total - st.wear.retired;
   st.log_usage = usable ? static_cast<double>(st.wear.in_use) / usable : 1.0;
+  std::lock_guard lk(stats_mu_);
+  published_ = st;
+}
+
+// Any thread: the commit thread's last snapshot, and the ring's counters.
+LogStats MetadataLog::stats() const {
+  LogStats st;
+  {
+    std::lock_guard lk(stats_mu_);
+    st = published_;
+  }
+  std::lock_guard lk(batch_mu_);
+  if (ring_) {
+    st.ring_slots = ring_->capacity();
+    st.ring_pending = ring_->pending();
+  }
+  st.ring_recovered = ring_recovered_;
+  st.ring_commit_requests = ring_commit_requests_;
+  st.ring_grows = ring_grows_;
   return st;
-}
-
-CommitTimer::CommitTimer(MetadataLog& log, std::chrono::milliseconds interval)
-    : log_(log), interval_(interval), thread_([this] { run(); }) {}
-
-CommitTimer::~CommitTimer() {
-  {
-    std::lock_guard lk(mu_);
-    stop_ = true;
-  }
-  cv_.notify_one();
-  thread_.join();
-}
-
-std::shared_future<Status> CommitTimer::request() {
-  std::shared_future<Status> f = log_.commit_ticket();
-  {
-    std::lock_guard lk(mu_);
-    requested_ = true;
-  }
-  cv_.notify_one();
-  return f;
-}
-
-void CommitTimer::run() {
-  for (;;) {
-    bool stop;
-    {
-      std::unique_lock lk(mu_);
-      cv_.wait_for(lk, interval_, [this] { return requested_ || stop_; });
-      requested_ = false;
-      stop = stop_;
-    }
-    // Errors reach the callers through the commit tickets and the log's
-    // sticky error.
-    log_.commit().ignore_error();
-    if (stop) return;
-  }
 }
 
 }  // namespace rbdcache::metalog

@@ -10,31 +10,39 @@
 // so the data path never waits for I/O. commit() takes the batch, writes it
 // as one commit group (one write of one or more 4 KiB record blocks), syncs,
 // and then makes the entries count for liveness and erasing. The engine
-// commits on NBD FLUSH/FUA and once a second (CommitTimer below).
+// commits on NBD FLUSH/FUA and once a second (cache/commit_worker.h).
 //
-// Threads: append(), commit_ticket() and stats() may be called from any
+// Process crashes: append() also puts every entry into the intent ring
+// (metalog/intent_ring.h), a file on tmpfs that survives the process but not
+// the machine, before it returns. open() takes back the entries of a crashed
+// process from there: they are in the first batch, and mappings() shows them
+// at once. So an entry that append() accepted is lost by a power cut only,
+// never by a crash of the process alone.
+//
+// Threads: append(), set_commit_wanted() and stats() may be called from any
 // thread. commit(), compact(), close() and mappings() belong to one thread at
 // a time (the commit thread); commit() serialises itself against the others.
+// Locks: commit_mu_ (commit, compact, close) is taken before batch_mu_ (the
+// batch, the ring, the sticky error), and batch_mu_ before stats_mu_; no lock
+// is held while the commit-wanted callback runs.
 //
 // Failure: after a failed write or sync the log stops accepting work and
 // every call returns the first error (the engine must stop write-back).
 #pragma once
 
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
-#include <thread>
+#include <string>
 #include <vector>
 
 #include "metalog/allocator.h"
 #include "metalog/block_device.h"
 #include "metalog/entry.h"
+#include "metalog/intent_ring.h"
 #include "metalog/log_state.h"
 #include "metalog/reader.h"
 #include "metalog/superblock.h"
@@ -52,6 +60,20 @@ struct LogStats {
   uint64_t checkpoints = 0;
   uint64_t mappings = 0;
   double log_usage = 0;  // in-use segments / usable segments
+  // Intent ring; all zero without one.
+  uint32_t ring_slots = 0;
+  uint64_t ring_pending = 0;          // entries accepted, not yet committed
+  uint64_t ring_recovered = 0;        // entries taken back at open
+  uint64_t ring_commit_requests = 0;  // times the ring passed half full
+  uint64_t ring_grows = 0;            // times the ring was full and doubled
+};
+
+struct LogOptions {
+  // kAuto: an intent ring when the device outlives the process
+  // (BlockDevice::outlives_process), as a file or block device does.
+  enum class Ring { kAuto, kOn, kOff };
+  Ring ring = Ring::kAuto;
+  RingOptions ring_options;
 };
 
 class MetadataLog {
@@ -61,8 +83,11 @@ class MetadataLog {
   // uses unknown incompat features (ENOTSUP) or unknown ro_compat features
   // (EROFS), or is corrupt anywhere but a torn tail (EUCLEAN, naming the
   // segment and block). Torn segments left open by a crash are sealed.
-  // `dev` must outlive the MetadataLog.
-  [[nodiscard]] static Result<std::unique_ptr<MetadataLog>> open(BlockDevice& dev);
+  // With an intent ring, the entries a crashed process had appended but not
+  // committed are taken back (see above); a ring that cannot be created
+  // fails the open. `dev` must outlive the MetadataLog.
+  [[nodiscard]] static Result<std::unique_ptr<MetadataLog>> open(BlockDevice& dev,
+                                                                 const LogOptions& opts = {});
 
   MetadataLog(const MetadataLog&) = delete;
   MetadataLog& operator=(const MetadataLog&) = delete;
@@ -70,18 +95,24 @@ class MetadataLog {
 
   const Superblock& superblock() const { return sb_; }
 
-  // The committed mapping state. Commit thread only.
-  const MappingTable& mappings() const { return state_.mappings(); }
+  // The mapping state: the committed state, and after open() also the
+  // entries taken back from the intent ring until they are committed. Commit
+  // thread only; a commit may invalidate the reference.
+  const MappingTable& mappings() const { return view_ ? *view_ : state_.mappings(); }
 
-  // Adds entries to the pending batch. Rejects (EINVAL) a cache block past
-  // the cache, a mask past the last sub-block, dirty outside valid, and
-  // checkpoint markers; fails with the log's error once it has failed.
+  // Adds entries to the pending batch, and to the intent ring. Rejects
+  // (EINVAL) a cache block past the cache, a mask past the last sub-block,
+  // dirty outside valid, and checkpoint markers; fails with the log's error
+  // once it has failed. Never waits for a commit: a full ring is doubled
+  // instead (see docs/metadata-format.md, "Intent ring").
   [[nodiscard]] Status append(const Entry& e);
   [[nodiscard]] Status append(std::span<const Entry> entries);
 
-  // A future that becomes ready, with the commit's Status, once every entry
-  // appended before this call is durable.
-  std::shared_future<Status> commit_ticket();
+  // `fn` is called once each time the ring passes half full between two
+  // commits, on the appending thread with no log lock held; it should ask
+  // for a commit soon and must not wait for it. Call before the first
+  // append().
+  void set_commit_wanted(std::function<void()> fn);
 
   // Writes the pending batch and syncs. On ok, every entry appended before
   // the call is durable. A batch larger than one segment is written as
@@ -101,10 +132,16 @@ class MetadataLog {
   // The log stays usable.
   [[nodiscard]] Status close();
 
+  // A consistent snapshot, as of the last commit; any thread.
   LogStats stats() const;
+  // The intent ring file, or "" without one.
+  std::string ring_path() const { return ring_ ? ring_->path() : std::string(); }
 
  private:
   MetadataLog(BlockDevice& dev, Recovery&& rec);
+  Status open_ring(const LogOptions& opts);
+  Status ring_put_locked(std::span<const Entry> entries);
+  void publish_stats_locked();
   Status validate(const Entry& e) const;
   Status seal_recovered();
   Status write_entries(uint16_t stream, std::span<const Entry> entries);
@@ -116,7 +153,9 @@ class MetadataLog {
   Status retire_dead_segments();
   Status compact_locked();
   Status fail(Status st);
-  Status commit_locked(const std::function<Status()>& before_write = nullptr);
+  // `ring_limit`: the ring's committed mark moves at most this far.
+  Status commit_locked(const std::function<Status()>& before_write = nullptr,
+                       uint64_t ring_limit = UINT64_MAX);
 
   BlockDevice& dev_;
   Superblock sb_;
@@ -130,9 +169,20 @@ class MetadataLog {
   // Pending batch, guarded by batch_mu_.
   mutable std::mutex batch_mu_;
   std::vector<Entry> batch_;
-  std::shared_ptr<std::promise<Status>> batch_promise_;
-  std::shared_future<Status> batch_future_;
   Status error_;  // sticky; guarded by batch_mu_
+  std::unique_ptr<IntentRing> ring_;      // guarded by batch_mu_
+  std::function<void()> commit_wanted_;   // guarded by batch_mu_
+  bool commit_wanted_sent_ = false;       // guarded by batch_mu_
+  uint64_t ring_recovered_ = 0;           // guarded by batch_mu_
+  uint64_t ring_commit_requests_ = 0;     // guarded by batch_mu_
+  uint64_t ring_grows_ = 0;               // guarded by batch_mu_
+  // The committed state with the entries taken back from the ring applied,
+  // until those are committed. Commit thread only.
+  std::optional<MappingTable> view_;
+
+  // Published by the commit thread at the end of every commit; stats_mu_.
+  mutable std::mutex stats_mu_;
+  LogStats published_;
 
   // Serialises commit(), compact() and close().
   std::mutex commit_mu_;
@@ -150,31 +200,6 @@ class MetadataLog {
   uint64_t blocks_written_ = 0;
   uint64_t syncs_ = 0;
   uint64_t checkpoints_ = 0;
-};
-
-// Commits a MetadataLog once per interval, and at once when asked. The
-// engine calls request() on NBD FLUSH/FUA and waits on the returned future.
-// `log` must outlive the CommitTimer. Commit errors are kept in the futures.
-class CommitTimer {
- public:
-  CommitTimer(MetadataLog& log, std::chrono::milliseconds interval = std::chrono::seconds(1));
-  ~CommitTimer();  // stops the thread after a final commit
-  CommitTimer(const CommitTimer&) = delete;
-  CommitTimer& operator=(const CommitTimer&) = delete;
-
-  // Asks for an early commit; the future is ready when everything appended
-  // before the call is durable.
-  std::shared_future<Status> request();
-
- private:
-  void run();
-  MetadataLog& log_;
-  std::chrono::milliseconds interval_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool requested_ = false;
-  bool stop_ = false;
-  std::thread thread_;
 };
 
 }  // namespace rbdcache::metalog

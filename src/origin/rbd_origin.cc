@@ -131,6 +131,13 @@ Status RbdOrigin::connect(const RbdOptions& opts) {
     }
     RBDCACHE_RETURN_IF_ERROR(conf_set(cluster, "keyring", opts.keyring));
   }
+  // librbd's own cache acknowledges a write before the OSDs have it (its
+  // default policy, writearound, and writeback), so a crash of this process
+  // would lose writes the client was told are done. rbdcache caches on its
+  // own device and needs none of it: it is off, whatever ceph.conf or
+  // CEPH_ARGS say, and a write completes when the OSDs have it.
+  RBDCACHE_RETURN_IF_ERROR(conf_set(cluster, "rbd_cache", "false"));
+  RBDCACHE_RETURN_IF_ERROR(conf_set(cluster, "rbd_cache_policy", "writethrough"));
   // Bounded connect and pool lookup. rados_osd_op_timeout stays 0: data I/O
   // must wait out a paused OSD, not fail.
   const std::string timeout = std::to_string(std::max(1u, opts.timeout_seconds));

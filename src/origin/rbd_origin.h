@@ -23,11 +23,13 @@
 //     callback has run (the server drains its connections first), and after
 //     every reactor that was passed to it still exists until then.
 //
-// Durability: librbd's own cache (rbd_cache, write-around by default) may
-// acknowledge a write before the OSDs have it. flush() waits for every
-// acknowledged write; a FUA write is sent with LIBRADOS_OP_FLAG_FADVISE_FUA,
-// which bypasses write-around, and FUA discard or write-zeroes are followed
-// by a flush.
+// Durability: librbd's own cache is turned off (rbd_cache=false, and
+// rbd_cache_policy=writethrough should an image's own configuration turn it
+// back on): with it, librbd acknowledges a write before the OSDs have it, and
+// a crash of this process would lose it. So every write completes only once
+// the OSDs have it; flush() still asks librbd to flush, for the OSDs' sake.
+// A FUA write is sent with LIBRADOS_OP_FLAG_FADVISE_FUA, and FUA discard or
+// write-zeroes are followed by a flush.
 //
 // Data I/O has no timeout (rados_osd_op_timeout stays 0): a paused or
 // recovering OSD delays requests rather than failing them.

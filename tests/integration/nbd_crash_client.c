@@ -10,10 +10,17 @@
  *       "F" after each FLUSH that completed; the log is fsync'd each time.
  *       Each run starts with "S": a FLUSH never covers writes of an earlier
  *       run, which a crash may have lost.
+ *   nbd_crash_client acked URI LOG SECONDS SEED QD
+ *       Writes like "write", but never flushes: QD writes are in flight at
+ *       once (each in its own lane of the span, so no two overlap), and "A
+ *       seed" is logged when the server acknowledges the write with that
+ *       seed. An acknowledged write counts as covered: no crash of the
+ *       server process may lose it.
  *   nbd_crash_client verify URI LOG
  *       Replays the log: for every 4 KiB unit, the content a completed FLUSH
- *       covered must be there, or the content of a later (uncovered) write.
- *       Units never written must read as zeros. Exits 1 on a mismatch.
+ *       (or an acknowledgement) covered must be there, or the content of a
+ *       later (uncovered) write. Units never written must read as zeros.
+ *       Exits 1 on a mismatch.
  *
  * Data is a function of (seed, byte index), so nothing but the log is kept.
  */
@@ -103,6 +110,91 @@ out:
   return 0;
 }
 
+/* One write in flight per lane. */
+struct lane {
+  unsigned char *buf;
+  uint64_t lo, hi;  /* the lane's part of the span */
+  uint64_t seed;
+  int busy;
+};
+
+static FILE *acked_log;
+static unsigned acked_writes;
+static int acked_failed;
+
+static int write_done(void *user_data, int *error) {
+  struct lane *l = user_data;
+  l->busy = 0;
+  if (*error != 0) {
+    acked_failed = 1;
+    return 1;
+  }
+  char line[64];
+  snprintf(line, sizeof line, "A %" PRIu64 "\n", l->seed);
+  fputs(line, acked_log);
+  fflush(acked_log);  /* the client outlives the server: no fsync needed */
+  ++acked_writes;
+  return 1;
+}
+
+static int do_acked(const char *uri, const char *path, int seconds, uint64_t seed, unsigned qd) {
+  struct nbd_handle *nbd = open_uri(uri);
+  int64_t size = nbd_get_size(nbd);
+  uint64_t span = (uint64_t)size < SPAN ? (uint64_t)size : SPAN;
+  acked_log = fopen(path, "a");
+  if (acked_log == NULL) {
+    perror(path);
+    return 2;
+  }
+  log_line(acked_log, "S\n");
+  if (qd == 0) qd = 1;
+  struct lane *lanes = calloc(qd, sizeof *lanes);
+  uint64_t lane_units = span / UNIT / qd;
+  if (lane_units < 16) {
+    fprintf(stderr, "nbd_crash_client: export too small for %u lanes\n", qd);
+    return 2;
+  }
+  for (unsigned i = 0; i < qd; ++i) {
+    lanes[i].buf = malloc(64 * 1024);
+    lanes[i].lo = i * lane_units * UNIT;
+    lanes[i].hi = (i + 1) * lane_units * UNIT;
+  }
+  rng_state = seed | 1;
+  uint64_t wseed = seed << 20;
+  unsigned sent = 0;
+  time_t end = time(NULL) + seconds;
+  while (!acked_failed && time(NULL) < end) {
+    for (unsigned i = 0; i < qd && !acked_failed; ++i) {
+      struct lane *l = &lanes[i];
+      if (l->busy) continue;
+      uint64_t len = UNIT * (1 + rnd() % 16);
+      uint64_t off = l->lo + (rnd() % ((l->hi - l->lo - len) / UNIT + 1)) * UNIT;
+      l->seed = ++wseed;
+      char line[128];
+      snprintf(line, sizeof line, "W %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", off, len, l->seed);
+      fputs(line, acked_log);
+      fflush(acked_log);  /* logged before it is sent */
+      fill(l->buf, len, l->seed, off);
+      l->busy = 1;
+      nbd_completion_callback cb = {.callback = write_done, .user_data = l, .free = NULL};
+      if (nbd_aio_pwrite(nbd, l->buf, len, off, cb, 0) == -1) {
+        l->busy = 0;
+        acked_failed = 1;
+        break;
+      }
+      ++sent;
+    }
+    if (acked_failed) break;
+    if (nbd_poll(nbd, 1000) == -1) break;
+  }
+  fprintf(stderr, "nbd_crash_client: %u writes sent, %u acknowledged\n", sent, acked_writes);
+  fclose(acked_log);
+  nbd_close(nbd);  /* after the log: closing retires what is left */
+  for (unsigned i = 0; i < qd; ++i) free(lanes[i].buf);
+  free(lanes);
+  return 0;
+}
+
 struct list {
   uint64_t *v;
   size_t n, cap;
@@ -122,6 +214,31 @@ struct unit_state {
   struct list maybe;     /* earlier runs' unflushed writes: may have survived */
 };
 
+/* Writes by seed, for the "A" lines; seeds rise within a run. */
+struct write_rec {
+  uint64_t seed, off, len;
+};
+struct write_table {
+  struct write_rec *v;
+  size_t n, cap;
+};
+
+static void add_write(struct write_table *t, uint64_t off, uint64_t len, uint64_t seed) {
+  if (t->n == t->cap) {
+    t->cap = t->cap ? t->cap * 2 : 64;
+    t->v = realloc(t->v, t->cap * sizeof *t->v);
+  }
+  t->v[t->n++] = (struct write_rec){seed, off, len};
+}
+
+static struct write_rec *find_write(struct write_table *t, uint64_t seed) {
+  /* An acknowledgement comes soon after its write: search from the end. */
+  for (size_t i = t->n; i-- > 0;) {
+    if (t->v[i].seed == seed) return &t->v[i];
+  }
+  return NULL;
+}
+
 static int do_verify(const char *uri, const char *path) {
   FILE *log = fopen(path, "r");
   if (log == NULL) {
@@ -130,6 +247,7 @@ static int do_verify(const char *uri, const char *path) {
   }
   size_t nunits = SPAN / UNIT;
   struct unit_state *u = calloc(nunits, sizeof *u);
+  struct write_table writes = {0};
   char line[128];
   while (fgets(line, sizeof line, log) != NULL) {
     if (line[0] == 'S') {
@@ -145,15 +263,35 @@ static int do_verify(const char *uri, const char *path) {
           u[i].maybe.n = 0;  /* a newer write is durable */
         }
       }
+    } else if (line[0] == 'A') {
+      /* One acknowledged write: it and every earlier write to its units
+       * are superseded only by later writes. */
+      uint64_t seed;
+      if (sscanf(line, "A %" SCNu64, &seed) != 1) continue;
+      struct write_rec *w = find_write(&writes, seed);
+      if (w == NULL) continue;
+      for (uint64_t o = w->off; o < w->off + w->len && o / UNIT < nunits; o += UNIT) {
+        struct unit_state *us = &u[o / UNIT];
+        for (size_t k = 0; k < us->pending.n; ++k) {
+          if (us->pending.v[k] != seed) continue;
+          us->covered = seed;
+          memmove(us->pending.v, us->pending.v + k + 1, (us->pending.n - k - 1) * sizeof(uint64_t));
+          us->pending.n -= k + 1;
+          us->maybe.n = 0;
+          break;
+        }
+      }
     } else if (line[0] == 'W') {
       uint64_t off, len, seed;
       if (sscanf(line, "W %" SCNu64 " %" SCNu64 " %" SCNu64, &off, &len, &seed) != 3) continue;
+      add_write(&writes, off, len, seed);
       for (uint64_t o = off; o < off + len && o / UNIT < nunits; o += UNIT) {
         push(&u[o / UNIT].pending, seed);
       }
     }
   }
   fclose(log);
+  free(writes.v);
   /* Re-derive each candidate: the write's seed and the unit's offset. */
   struct nbd_handle *nbd = open_uri(uri);
   int64_t size = nbd_get_size(nbd);
@@ -186,8 +324,8 @@ static int do_verify(const char *uri, const char *path) {
     ++checked;
     if (!ok) {
       if (bad < 10) {
-        fprintf(stderr, "nbd_crash_client: unit at offset %zu holds neither its flushed "
-                        "content nor a later write\n", i * (size_t)UNIT);
+        fprintf(stderr, "nbd_crash_client: unit at offset %zu holds neither its flushed or "
+                        "acknowledged content nor a later write\n", i * (size_t)UNIT);
       }
       ++bad;
     }
@@ -207,7 +345,12 @@ int main(int argc, char **argv) {
   if (argc == 6 && strcmp(argv[1], "write") == 0) {
     return do_write(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
   }
+  if (argc == 7 && strcmp(argv[1], "acked") == 0) {
+    return do_acked(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10),
+                    (unsigned)atoi(argv[6]));
+  }
   if (argc == 4 && strcmp(argv[1], "verify") == 0) return do_verify(argv[2], argv[3]);
-  fprintf(stderr, "usage: nbd_crash_client write URI LOG SECONDS SEED | verify URI LOG\n");
+  fprintf(stderr, "usage: nbd_crash_client write URI LOG SECONDS SEED | "
+                  "acked URI LOG SECONDS SEED QD | verify URI LOG\n");
   return 2;
 }

@@ -526,31 +526,6 @@ TEST_F(LogFixture, SegmentsPastTheEraseLimitAreRetired) {
   EXPECT_EQ(last.err(), ENOSPC);  // in the end every segment wore out
 }
 
-TEST_F(LogFixture, CommitTicketBecomesReadyWhenDurable) {
-  open();
-  ASSERT_TRUE(log->append(Entry::unmap(CacheBlock(3))).is_ok());
-  auto ticket = log->commit_ticket();
-  EXPECT_EQ(ticket.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
-  ASSERT_TRUE(log->commit().is_ok());
-  ASSERT_EQ(ticket.wait_for(std::chrono::seconds(0)), std::future_status::ready);
-  EXPECT_TRUE(ticket.get().is_ok());
-}
-
-TEST_F(LogFixture, CommitTimerCommitsOnRequest) {
-  open();
-  SubBlockMask all = SubBlockMask::first(sb.sub_blocks());
-  {
-    CommitTimer timer(*log, std::chrono::hours(1));
-    ASSERT_TRUE(log->append(Entry::map(CacheBlock(2), OriginBlock(5), all, {})).is_ok());
-    auto f = timer.request();
-    ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-    EXPECT_TRUE(f.get().is_ok());
-  }
-  auto rec = recover_log(*dev);
-  ASSERT_TRUE(rec.is_ok());
-  EXPECT_EQ(rec->state.mappings().count(CacheBlock(2)), 1u);
-}
-
 TEST_F(LogFixture, CloseMarksDeadBlocksObsolete) {
   open();
   SubBlockMask all = SubBlockMask::first(sb.sub_blocks());
