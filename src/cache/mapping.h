@@ -44,8 +44,8 @@
 // The policy (smq_policy.h) adds about 11 bytes per block on top: 29.1 in
 // all at 4..64 KiB blocks, budget 32.
 //
-// Thread safety: none. The engine calls a Mapping from one thread at a time
-// (one mapping per cache shard, owned by that shard's reactor).
+// Thread safety: none. The engine's one Mapping lives in its slot table
+// (cache/slot_table.h) and is used only under the table's mutex.
 // Preconditions on slot numbers and sub-block ranges are checked with assert:
 // the engine computes them, they are not untrusted input. Inputs that come
 // from stored metadata (insert() during recovery) are checked and reported as

@@ -17,8 +17,8 @@
 // truth (Mapping) and checks it, e.g. it never demotes a block the mapping
 // says is dirty, whatever choose_victim() returned.
 //
-// Thread safety: none. The engine calls a policy from one thread at a time
-// (one policy per cache shard, beside that shard's Mapping).
+// Thread safety: none. The engine calls its one policy only inside a slot
+// table section (cache/slot_table.h), under the table's mutex.
 //
 // The engine tells the policy every change of the cache's contents:
 //   promotion done        -> on_insert(cb); then set_dirty(cb, true) if the
@@ -95,10 +95,6 @@ class Policy {
   // Puts back a victim the engine could not demote (say, I/O in flight on
   // it); it becomes the newest block of its level. Cannot fail.
   virtual void restore(CacheBlock cb) = 0;
-
-  // The coldest dirty block, for writeback to clean first; repeated calls
-  // walk the dirty blocks coldest first. nullopt when none is dirty.
-  virtual std::optional<CacheBlock> choose_writeback() = 0;
 
   virtual PolicyStats stats() const = 0;
   // RAM held by the policy, bytes.

@@ -375,15 +375,6 @@ void SmqPolicy::restore(CacheBlock cb) {
   ++stats_.victims_restored;
 }
 
-std::optional<CacheBlock> SmqPolicy::choose_writeback() {
-  const std::optional<CacheBlock> w = oldest_of_lowest(/*dirty=*/true);
-  if (!w) return std::nullopt;
-  // Rotate, so the next call offers the next-coldest dirty block.
-  unlink(w->value());
-  push_tail(w->value());
-  return w;
-}
-
 std::optional<uint32_t> SmqPolicy::level_of(CacheBlock cb) const {
   if (cb.value() >= config_.nr_blocks || (flags_[cb.value()] & kResident) == 0) {
     return std::nullopt;

@@ -188,7 +188,6 @@ class SmqPolicy final : public Policy {
   void set_dirty(CacheBlock cb, bool dirty) override;
   std::optional<CacheBlock> choose_victim() override;
   void restore(CacheBlock cb) override;
-  std::optional<CacheBlock> choose_writeback() override;
   PolicyStats stats() const override { return stats_; }
   size_t memory_bytes() const override;
 

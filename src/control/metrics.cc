@@ -86,6 +86,14 @@ constexpr MetricSpec kMetrics[] = {
      "Estimated seconds until every dirty byte is written back."},
     {"writeback", "errors", C, "Failed writeback attempts (each is retried; the data stays dirty)."},
 
+    {"health", "failed", G,
+     "1 when the metadata device failed and the cache is read-only, else 0."},
+    {"health", "degraded", G,
+     "1 when some dirty data cannot be read after cache device errors, else 0."},
+    {"health", "unknown_bytes", G, "Dirty bytes that cannot be read after cache device errors."},
+    {"health", "cache_read_errors", C, "Cache device read errors."},
+    {"health", "cache_write_errors", C, "Cache device write errors."},
+
     {"metadata", "log_size_bytes", G, "Size of the metadata log in bytes."},
     {"metadata", "log_usage_ratio", G,
      "Share of the metadata log's usable segments holding live metadata (0 to 1)."},

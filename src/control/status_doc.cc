@@ -70,6 +70,15 @@ nlohmann::json status_document(Origin& origin, cache::AttachedCache* cache) {
       {"flush_eta_seconds", eta},
       {"errors", s.writeback_errors},
   };
+  d["health"] = {
+      {"state", cache::health_name(s.health)},
+      {"reason", s.health_reason.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.health_reason)},
+      {"failed", s.health == cache::Health::kFailed},
+      {"degraded", s.health == cache::Health::kDegraded},
+      {"unknown_bytes", s.unknown_bytes},
+      {"cache_read_errors", s.cache_read_errors},
+      {"cache_write_errors", s.cache_write_errors},
+  };
   d["flush"] = {
       {"active", s.flush_active},
       {"left_bytes", s.flush_left_bytes},

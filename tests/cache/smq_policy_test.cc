@@ -333,22 +333,6 @@ TEST(SmqPolicy, VictimIsTheColdestCleanBlockAndIsOfferedOnce) {
   EXPECT_EQ(p->stats().demotions, 5u);
 }
 
-TEST(SmqPolicy, WritebackOffersTheColdestDirtyBlocksFirst) {
-  auto p = make(config(8));
-  for (uint32_t i = 0; i < 8; ++i) p->on_insert(CacheBlock(i));
-  EXPECT_FALSE(p->choose_writeback().has_value());
-  for (uint32_t i : {3u, 5u, 6u}) p->set_dirty(CacheBlock(i), true);
-  p->on_hit(CacheBlock(3));  // hot dirty block: written back last
-  EXPECT_EQ(p->choose_writeback(), CacheBlock(5));
-  EXPECT_EQ(p->choose_writeback(), CacheBlock(6));
-  EXPECT_EQ(p->choose_writeback(), CacheBlock(5));  // rotates within the level
-  p->set_dirty(CacheBlock(5), false);
-  p->set_dirty(CacheBlock(6), false);
-  EXPECT_EQ(p->choose_writeback(), CacheBlock(3));
-  // Cleaned blocks are victims again.
-  EXPECT_EQ(p->choose_victim(), CacheBlock(0));
-}
-
 TEST(SmqPolicy, UnusedBlocksSinkOneLevelPerSweep) {
   SmqConfig c = config(16);
   c.aging_period_accesses = 16;  // one block aged per access
