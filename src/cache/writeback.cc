@@ -22,11 +22,15 @@ void Writeback::request_full() {
 void Writeback::begin_flush(uint64_t max_rate_bps) {
   ctx_.slots.lock().begin_flush();
   max_rate_.store(max_rate_bps);
+  // One step on the background thread: the rate limit restarts before any
+  // unit of the flush can start (a tick already queued must not start one
+  // against the previous flush's allowance).
   ctx_.bg->post([this] {
     rate_start_ = Clock::now();
     rate_issued_bytes_ = 0;
+    full_.store(true);
+    tick();
   });
-  request_full();
 }
 
 void Writeback::end_flush() {
