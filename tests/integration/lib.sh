@@ -191,28 +191,34 @@ wait_for_socket() {
 # server_alive [PID]: true while the server process runs.
 server_alive() { kill -0 "${1:-$SERVER_PID}" 2>/dev/null; }
 
+# _has_exited PID: true once PID has exited, whether or not it was reaped
+# yet (a zombie still answers kill -0; its state in /proc/PID/stat is Z).
+_has_exited() {
+  kill -0 "$1" 2>/dev/null || return 0
+  [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]
+}
+
 # stop_server [PID] [SIGNAL]: send SIGNAL (default TERM) and wait at most
 # EXIT_TIMEOUT seconds.  Sets SERVER_RC to the exit status (or 124 when the
 # server had to be killed after the timeout).  Always returns 0.
+# Once the server has been seen exited, its status is the one `wait` gives:
+# it is not looked at a second time, because bash may reap it in between
+# (its /proc entry is then gone while kill -0 still answered a moment ago).
 stop_server() {
   local pid=${1:-$SERVER_PID} sig=${2:-TERM} i
   SERVER_RC=
   kill -"$sig" "$pid" 2>/dev/null
   for ((i = 0; i < EXIT_TIMEOUT * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    # A zombie still answers kill -0; look at its state.
-    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && break
+    if _has_exited "$pid"; then
+      wait "$pid" 2>/dev/null
+      SERVER_RC=$?
+      return 0
+    fi
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null &&
-     [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; then
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    SERVER_RC=124
-    return 0
-  fi
+  kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
-  SERVER_RC=$?
+  SERVER_RC=124
   return 0
 }
 
