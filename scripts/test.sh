@@ -4,7 +4,9 @@
 #   build-test   g++, warnings as errors: unit, integration, metadata tests,
 #                then the micro-benchmark smoke run (meson test --benchmark)
 #   build-asan   g++ with AddressSanitizer + UndefinedBehaviorSanitizer:
-#                the same tests
+#                the same tests but the VM ones (the plain build runs those)
+#   build-tsan   g++ with ThreadSanitizer: the unit and metadata tests
+#                (engine, model-based concurrency test, slot table, ...)
 #   build-fuzz   clang + libFuzzer (+ASan/UBSan): short fuzzing runs
 # Ends with one line "tests: N passed, N failed, N skipped".
 #
@@ -83,7 +85,13 @@ if [ $quick -eq 0 ]; then
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
   setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true
-  run_tests build-asan --no-suite fuzz --timeout-multiplier 3
+  run_tests build-asan --no-suite fuzz --no-suite vm --timeout-multiplier 3
+
+  echo "== build-tsan: ThreadSanitizer"
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
+  setup build-tsan --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false \
+    -Dbenchmarks=disabled -Dwerror=true
+  run_tests build-tsan --suite unit --suite metalog --timeout-multiplier 3
 
   echo "== build-fuzz: clang + libFuzzer"
   if [ ! -f build-fuzz/build.ninja ]; then
@@ -96,7 +104,7 @@ if [ $quick -eq 0 ]; then
 fi
 
 dirs=(build-test)
-[ $quick -eq 0 ] && dirs+=(build-asan build-fuzz)
+[ $quick -eq 0 ] && dirs+=(build-asan build-tsan build-fuzz)
 status=0
 python3 scripts/test-summary.py "${dirs[@]}" || status=$?
 if [ $failed_builds -ne 0 ] && [ $status -eq 0 ]; then

@@ -29,6 +29,7 @@ SlotTable::SlotTable(Mapping map, std::unique_ptr<Policy> policy, metalog::Metad
       map_(std::move(map)),
       policy_(std::move(policy)),
       state_(nr_blocks_, State::kReady) {
+  state_count_[static_cast<size_t>(State::kReady)] = nr_blocks_;
 }
 
 Status SlotTable::load(uint64_t origin_blocks) {
@@ -43,7 +44,7 @@ Status SlotTable::load(uint64_t origin_blocks) {
     }
     RBDCACHE_RETURN_IF_ERROR(map_.insert(m.origin, cb));
     map_.set_masks(cb, m.valid, m.dirty);
-    state_[cb.value()] = State::kMapped;
+    set_state(cb, State::kMapped);
     policy_->on_insert(cb);
     if (map_.is_dirty(cb)) {
       policy_->set_dirty(cb, true);
@@ -54,7 +55,7 @@ Status SlotTable::load(uint64_t origin_blocks) {
   // them all in the mapping and hand out low slots first.
   while (auto cb = map_.allocate_free()) ready_.push_back(*cb);
   std::reverse(ready_.begin(), ready_.end());
-  check_counts();
+  check_counts(true);
   return Status::ok();
 }
 
@@ -62,13 +63,21 @@ SlotTable::Locked SlotTable::lock() { return Locked(*this); }
 
 // ------------------------------------------------------------ invariants
 
-void SlotTable::check_counts() const {
-  size_t ready = 0, mapped = 0, quarantined = 0;
-  for (State s : state_) {
-    ready += s == State::kReady;
-    mapped += s == State::kMapped;
-    quarantined += s == State::kQuarantined;
+void SlotTable::set_state(CacheBlock cb, State s) {
+  --state_count_[static_cast<size_t>(state_[cb.value()])];
+  ++state_count_[static_cast<size_t>(s)];
+  state_[cb.value()] = s;
+}
+
+void SlotTable::check_counts(bool recount) const {
+  auto count = [this](State s) { return state_count_[static_cast<size_t>(s)]; };
+  if (recount) {
+    std::array<uint32_t, 4> n{};
+    for (State s : state_) ++n[static_cast<size_t>(s)];
+    if (n != state_count_) violated("the per-state slot counts do not match the slots");
   }
+  const size_t ready = count(State::kReady), mapped = count(State::kMapped),
+               quarantined = count(State::kQuarantined);
   if (ready != ready_.size()) {
     violated(fmt::format("{} slots ready, {} on the ready list", ready, ready_.size()));
   }
@@ -115,7 +124,7 @@ void SlotTable::check(const std::vector<CacheBlock>& touched) const {
   } else {
     for (CacheBlock cb : touched) check_slot(cb);
   }
-  check_counts();
+  check_counts(checks_ == Checks::kFull);
 }
 
 // ------------------------------------------------------------ a section
@@ -193,7 +202,7 @@ std::optional<CacheBlock> SlotTable::Locked::take_ready(bool* low) {
   if (t_->ready_.empty() || failed()) return std::nullopt;
   CacheBlock cb = t_->ready_.back();
   t_->ready_.pop_back();
-  t_->state_[cb.value()] = State::kReserved;
+  t_->set_state(cb, State::kReserved);
   touch(cb);
   return cb;
 }
@@ -202,7 +211,7 @@ void SlotTable::Locked::give_back(CacheBlock cb) {
   if (t_->state_[cb.value()] != State::kReserved) {
     violated(fmt::format("slot {} given back but not reserved", cb.value()));
   }
-  t_->state_[cb.value()] = State::kReady;
+  t_->set_state(cb, State::kReady);
   t_->ready_.push_back(cb);
   touch(cb);
 }
@@ -213,7 +222,7 @@ void SlotTable::Locked::insert(OriginBlock ob, CacheBlock cb) {
   }
   Status st = t_->map_.insert(ob, cb);
   if (!st.is_ok()) violated(fmt::format("insert of slot {}: {}", cb.value(), st.to_string()));
-  t_->state_[cb.value()] = State::kMapped;
+  t_->set_state(cb, State::kMapped);
   t_->policy_->on_insert(cb);
   touch(cb);
 }
@@ -229,7 +238,7 @@ void SlotTable::Locked::evict(CacheBlock cb) {
   // free list is LIFO, so the slot just freed is the one handed back.
   std::optional<CacheBlock> again = t_->map_.allocate_free();
   if (!again || *again != cb) violated(fmt::format("evicted slot {} not reserved again", cb.value()));
-  t_->state_[cb.value()] = State::kQuarantined;
+  t_->set_state(cb, State::kQuarantined);
   t_->quarantine_.push_back(Quarantined{cb, ++t_->unmap_gen_});
   ++t_->demotions_;
   unmapped_.push_back(cb);
@@ -240,7 +249,7 @@ void SlotTable::Locked::release_quarantine(uint64_t gen) {
   auto& q = t_->quarantine_;
   auto it = std::partition(q.begin(), q.end(), [gen](const Quarantined& x) { return x.gen > gen; });
   for (auto i = it; i != q.end(); ++i) {
-    t_->state_[i->slot.value()] = State::kReady;
+    t_->set_state(i->slot, State::kReady);
     t_->ready_.push_back(i->slot);
     touch(i->slot);
   }

@@ -45,6 +45,7 @@
 // never the other way round, and never held across I/O or a callback.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -92,7 +93,10 @@ class SlotTable {
 
   void check(const std::vector<CacheBlock>& touched) const;
   void check_slot(CacheBlock cb) const;
-  void check_counts() const;
+  // O(1): the per-state counts against the lists and the mapping; with
+  // `recount`, the counts themselves against every slot's state (O(n)).
+  void check_counts(bool recount) const;
+  void set_state(CacheBlock cb, State s);
 
   const uint32_t nr_blocks_;
   const uint32_t block_size_;
@@ -103,6 +107,7 @@ class SlotTable {
   Mapping map_;
   std::unique_ptr<Policy> policy_;
   std::vector<State> state_;
+  std::array<uint32_t, 4> state_count_{};  // slots in each State
   std::vector<CacheBlock> ready_;
   std::vector<Quarantined> quarantine_;
   uint64_t unmap_gen_ = 0;
