@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -62,6 +64,17 @@ OriginFile::OriginFile(const std::vector<std::byte>& image) : file(origin_dir())
   if (o.is_ok()) origin = std::move(o).value();
 }
 
+std::shared_ptr<RingDir> RingDir::create() {
+  std::string tmpl = "/dev/shm/rbdcache-ring-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) return nullptr;
+  return std::shared_ptr<RingDir>(new RingDir(tmpl));
+}
+
+RingDir::~RingDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
 void format_images(const CacheGeometry& g, StackImages& out) {
   metalog::MemBlockDevice meta(g.meta_size), cache_hdr(uint64_t{g.block_size} * (g.blocks + 1));
   metalog::FormatOptions fo;
@@ -86,7 +99,12 @@ Status open_stack(Stack& s, const StackImages& images, const EngineOptions& opts
   s.origin = std::make_unique<FaultOrigin>(*s.origin_file->origin, images.origin, s.power);
   s.meta_fault = std::make_unique<FaultInjectionDevice>(images.meta);
   s.meta = std::make_unique<PoweredBlockDevice>(*s.meta_fault, *s.power, images.meta);
-  auto log = metalog::MetadataLog::open(*s.meta);
+  s.ring_dir = images.ring ? images.ring : RingDir::create();
+  if (!s.ring_dir) return Status::io_error("cannot create a ring directory under /dev/shm");
+  metalog::LogOptions lo;
+  lo.ring = metalog::LogOptions::Ring::kOn;
+  lo.ring_options.dir = s.ring_dir->path();
+  auto log = metalog::MetadataLog::open(*s.meta, lo);
   if (!log.is_ok()) return log.status().with_context("metadata log");
   s.log = std::move(log).value();
   const metalog::Superblock& sb = s.log->superblock();
@@ -107,6 +125,24 @@ const char* cut_name(Cut c) {
   }
   return "?";
 }
+
+namespace {
+// The ring file as it is at the cut, copied into a new directory: the dead
+// engine keeps running, and must not change what the restart finds.
+std::shared_ptr<RingDir> keep_ring(const Stack& s) {
+  auto dir = RingDir::create();
+  EXPECT_TRUE(dir) << "cannot create a ring directory under /dev/shm";
+  if (!dir || !s.log) return dir;
+  const std::string from = s.log->ring_path();
+  std::error_code ec;
+  if (from.empty() || !std::filesystem::exists(from, ec)) return dir;
+  const std::string to =
+      metalog::IntentRing::path_for(dir->path(), s.log->superblock().uuid);
+  std::filesystem::copy_file(from, to, ec);
+  EXPECT_FALSE(ec) << "copying " << from << ": " << ec.message();
+  return dir;
+}
+}  // namespace
 
 StackImages crash_images(Stack& s, Cut how, std::mt19937_64& rng) {
   s.power->cut();
@@ -132,8 +168,10 @@ StackImages crash_images(Stack& s, Cut how, std::mt19937_64& rng) {
       img.meta = s.meta->current_image();
       img.cache = s.cache->current_image();
       img.origin = s.origin->current_image();
+      img.ring = keep_ring(s);
       break;
   }
+  // A power cut loses tmpfs: the restart gets a fresh ring directory.
   return img;
 }
 

@@ -13,6 +13,11 @@
 //     kernel's page cache keeps it when only the process dies; what the
 //     engine held only in memory is lost.
 //
+// Each stack opens its metadata log with an intent ring, in a private
+// directory on tmpfs. A process crash keeps the ring file for the restart
+// (a copy taken at the cut, so that the dead engine's later stores cannot
+// reach it); a power cut loses it, as a reboot empties tmpfs.
+//
 // Threads: a Stack is used by one test thread; its engine by any reactor.
 #pragma once
 
@@ -20,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../metalog/fault_device.h"
@@ -63,11 +69,30 @@ struct OriginFile {
   std::unique_ptr<FileOrigin> origin;
 };
 
+// A private directory under /dev/shm for intent ring files, removed with
+// everything in it when the last owner lets go.
+class RingDir {
+ public:
+  // Fails (returns null) when /dev/shm cannot be written.
+  static std::shared_ptr<RingDir> create();
+  ~RingDir();
+  RingDir(const RingDir&) = delete;
+  RingDir& operator=(const RingDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit RingDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
 // What the devices of a stack hold.
 struct StackImages {
   std::vector<std::byte> meta;
   std::vector<std::byte> cache;  // the cache device's data area
   std::vector<std::byte> origin;
+  // The tmpfs directory whose ring file the log takes back at open; null:
+  // a fresh, empty one (as after a reboot).
+  std::shared_ptr<RingDir> ring;
 };
 
 // A freshly formatted cache: metadata image and the junk a new cache device
@@ -84,6 +109,7 @@ void format_images(const CacheGeometry& g, StackImages& out);
 // One cache stack over fault devices. Members are destroyed engine first.
 struct Stack {
   std::shared_ptr<PowerSwitch> power;
+  std::shared_ptr<RingDir> ring_dir;  // outlives the log
   std::unique_ptr<OriginFile> origin_file;
   std::unique_ptr<FaultOrigin> origin;
   std::unique_ptr<metalog::testing::FaultInjectionDevice> meta_fault;
