@@ -33,6 +33,38 @@ SlotTable::SlotTable(Mapping map, std::unique_ptr<Policy> policy, metalog::Metad
 }
 
 Status SlotTable::load(uint64_t origin_blocks) {
+  RBDCACHE_RETURN_IF_ERROR(load_mappings(origin_blocks));
+  if (log_.clean_data_trusted()) return Status::ok();
+  // An unclean shutdown that the intent ring does not explain (a power cut,
+  // a kernel crash): an in-place overwrite of a clean sub-block may have
+  // reached the cache device while the committed metadata still calls it
+  // clean. Drop every clean sub-block; dirty ones are the newest data and
+  // writeback sends whatever the device holds.
+  uint64_t subs = 0, slots = 0;
+  {
+    Locked l = lock();
+    std::vector<std::pair<CacheBlock, SubBlockMask>> clean;
+    for (const auto& [cb, m] : log_.mappings()) {
+      SubBlockMask c = map_.valid_mask(cb).without(map_.dirty_mask(cb));
+      if (c.any()) clean.emplace_back(cb, c);
+    }
+    for (const auto& [cb, c] : clean) {
+      subs += c.count();
+      l.drop(cb, c);
+      slots += !map_.is_mapped(cb);
+    }
+  }
+  if (subs > 0) {
+    log::info(
+        "the last shutdown was not clean and not a crash of the process alone (no intent ring "
+        "of this boot): dropped {} clean cached sub-blocks, {} slots emptied, since the cache "
+        "device may hold newer data than the metadata says",
+        subs, slots);
+  }
+  return meta_error_.is_ok() ? Status::ok() : meta_error_;
+}
+
+Status SlotTable::load_mappings(uint64_t origin_blocks) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = Clock::now();
   for (const auto& [cb, m] : log_.mappings()) {

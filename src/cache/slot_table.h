@@ -73,7 +73,11 @@ class SlotTable {
   SlotTable(Mapping map, std::unique_ptr<Policy> policy, metalog::MetadataLog& log);
 
   // Loads the committed mappings of `log`; every slot they do not name is
-  // ready. Fails on an entry outside this cache or origin.
+  // ready. Fails on an entry outside this cache or origin. Unless the log
+  // vouches for clean data (MetadataLog::clean_data_trusted: a clean close,
+  // or a crash of the process alone), every clean sub-block is dropped: the
+  // map entries are appended, and slots left empty are quarantined until a
+  // commit. Call once, before any other use; any thread.
   [[nodiscard]] Status load(uint64_t origin_blocks);
 
   void set_checks(Checks c) { checks_ = c; }
@@ -91,6 +95,7 @@ class SlotTable {
     uint64_t gen;
   };
 
+  Status load_mappings(uint64_t origin_blocks);
   void check(const std::vector<CacheBlock>& touched) const;
   void check_slot(CacheBlock cb) const;
   // O(1): the per-state counts against the lists and the mapping; with

@@ -74,7 +74,10 @@ inline constexpr uint32_t kSuperblockCopies = 2;
 // incompat bit, may only open read-only with an unknown ro_compat bit, and
 // ignores unknown compat bits.
 inline constexpr uint64_t kCompatOriginIdentity = 1ull << 0;  // origin fields set
-inline constexpr uint64_t kCompatKnown = kCompatOriginIdentity;
+// Set by MetadataLog::close() after its final sync, cleared (durably) by
+// MetadataLog::open(): set at open means the last shutdown was clean.
+inline constexpr uint64_t kCompatCleanShutdown = 1ull << 1;
+inline constexpr uint64_t kCompatKnown = kCompatOriginIdentity | kCompatCleanShutdown;
 inline constexpr uint64_t kRoCompatKnown = 0;
 inline constexpr uint64_t kIncompatKnown = 0;
 

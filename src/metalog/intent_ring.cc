@@ -127,6 +127,7 @@ Result<std::unique_ptr<IntentRing>> IntentRing::open(const RingOptions& opts, co
     } else if (h.sub_blocks != sub_blocks) {
       found.note = "intent ring file has another mask width; ignored";
     } else {
+      found.found = true;
       // The entries after the mark, in sequence order, up to the first slot
       // that does not hold the next sequence (a torn or never written slot:
       // puts are serialised, so nothing after it was written).

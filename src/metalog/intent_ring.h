@@ -51,6 +51,7 @@ struct RingOptions {
 struct RingRecovery {
   std::vector<Entry> entries;  // newer than the committed mark, in order
   std::string note;            // why an existing file was ignored, or ""
+  bool found = false;          // a file of this log and this boot was taken back
 };
 
 class IntentRing {

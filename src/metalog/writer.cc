@@ -17,6 +17,11 @@ Result<std::unique_ptr<MetadataLog>> MetadataLog::open(BlockDevice& dev, const L
                            rec->superblock.ro_compat & ~kRoCompatKnown));
   }
   std::unique_ptr<MetadataLog> log(new MetadataLog(dev, std::move(*rec)));
+  log->last_shutdown_clean_ = (log->sb_.compat & kCompatCleanShutdown) != 0;
+  log->clean_mark_ = log->last_shutdown_clean_;
+  // From here on the cache device may get data the log does not describe
+  // yet: the mark must be gone from the device before the caller writes.
+  if (log->clean_mark_) RBDCACHE_RETURN_IF_ERROR(log->set_clean_mark(false));
   RBDCACHE_RETURN_IF_ERROR(log->seal_recovered());
   const bool ring = opts.ring == LogOptions::Ring::kOn ||
                     (opts.ring == LogOptions::Ring::kAuto && dev.outlives_process());
@@ -47,6 +52,7 @@ Status MetadataLog::open_ring(const LogOptions& opts) {
     ring_ = std::move(ring).value();
     ring_recovered_ = found.entries.size();
   }
+  ring_found_at_open_ = found.found;
   if (found.entries.empty()) return Status::ok();
   log::info("taking back {} metadata entries that a stopped process had not committed",
             found.entries.size());
@@ -91,6 +97,21 @@ Status MetadataLog::open_ring(const LogOptions& opts) {
   std::lock_guard lk(batch_mu_);
   batch_ = std::move(maps);
   if (!batch_.empty()) view_ = std::move(view);
+  return Status::ok();
+}
+
+Status MetadataLog::set_clean_mark(bool clean) {
+  auto cur = read_superblock(dev_);
+  if (!cur.is_ok()) return cur.status().with_context("superblock");
+  if (clean) {
+    cur->compat |= kCompatCleanShutdown;
+  } else {
+    cur->compat &= ~kCompatCleanShutdown;
+  }
+  RBDCACHE_RETURN_IF_ERROR(write_superblock(dev_, *cur));
+  ++syncs_;
+  sb_ = *cur;
+  clean_mark_ = clean;
   return Status::ok();
 }
 
@@ -243,6 +264,11 @@ Status MetadataLog::commit_locked(const std::function<Status()>& before_write, u
     err = error_;
   }
   Status st = err;
+  // A commit after close(): data may have changed since the mark was set.
+  if (st.is_ok() && clean_mark_) {
+    st = set_clean_mark(false);
+    if (!st.is_ok()) st = fail(st);
+  }
   if (st.is_ok() && before_write) {
     st = before_write();
     if (!st.is_ok()) st = fail(st);
@@ -304,6 +330,7 @@ Status MetadataLog::close() {
   }
   Status st = dev_.sync();
   ++syncs_;
+  if (st.is_ok()) st = set_clean_mark(true);
   publish_stats_locked();
   return st.is_ok() ? st : fail(st);
 }

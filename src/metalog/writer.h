@@ -128,9 +128,22 @@ class MetadataLog {
   // its own when free segments run low).
   [[nodiscard]] Status compact();
 
-  // Commits, then writes the flag words of every sealed segment and syncs.
-  // The log stays usable.
+  // Commits, then writes the flag words of every sealed segment and syncs,
+  // then marks the shutdown clean in the superblock (kCompatCleanShutdown).
+  // The log stays usable; the next commit clears the mark first.
   [[nodiscard]] Status close();
+
+  // Facts about how the previous user of the log stopped, as found by
+  // open(); any thread (they never change).
+  // The last shutdown ended with close(): the committed state is complete.
+  bool last_shutdown_clean() const { return last_shutdown_clean_; }
+  // An intent ring of this log from this boot existed at open (even with no
+  // entries to take back): the previous process crashed, the machine did
+  // not, so the committed state plus the ring's entries are complete.
+  bool ring_found_at_open() const { return ring_found_at_open_; }
+  // Either of the two: the cache device holds no data newer than the
+  // metadata says, so clean cached data matches the origin.
+  bool clean_data_trusted() const { return last_shutdown_clean_ || ring_found_at_open_; }
 
   // A consistent snapshot, as of the last commit; any thread.
   LogStats stats() const;
@@ -140,6 +153,9 @@ class MetadataLog {
  private:
   MetadataLog(BlockDevice& dev, Recovery&& rec);
   Status open_ring(const LogOptions& opts);
+  // Rewrites the superblock as on the device with the clean-shutdown mark
+  // set or cleared. Holds commit_mu_ (or runs inside open()).
+  Status set_clean_mark(bool clean);
   Status ring_put_locked(std::span<const Entry> entries);
   void publish_stats_locked();
   Status validate(const Entry& e) const;
@@ -165,6 +181,9 @@ class MetadataLog {
   std::optional<SegmentId> head_;  // open segment, if any
   uint32_t head_next_ = 0;         // next free record block in head_
   uint64_t next_seq_;
+  bool last_shutdown_clean_ = false;
+  bool ring_found_at_open_ = false;
+  bool clean_mark_ = false;  // the superblock on the device has the mark; commit_mu_
 
   // Pending batch, guarded by batch_mu_.
   mutable std::mutex batch_mu_;

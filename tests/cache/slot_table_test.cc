@@ -3,6 +3,11 @@
 #include "cache/slot_table.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "cache/engine_stats.h"
 #include "cache/smq_policy.h"
@@ -25,10 +30,10 @@ class SlotTableTest : public ::testing::Test {
     reopen();
   }
 
-  void reopen() {
+  void reopen(const metalog::LogOptions& opts = {}) {
     table_.reset();
     log_.reset();
-    auto log = metalog::MetadataLog::open(*dev_);
+    auto log = metalog::MetadataLog::open(*dev_, opts);
     ASSERT_TRUE(log.is_ok()) << log.status().to_string();
     log_ = std::move(log).value();
     auto map = Mapping::create(kBlocks, kBlockSize);
@@ -193,6 +198,118 @@ TEST_F(SlotTableTest, AFailedMetadataDeviceFailsTheTableAndStopsNewSlots) {
   t.fill_stats(s);
   EXPECT_EQ(s.health, Health::kFailed);
   EXPECT_NE(s.health_reason.find("metadata device failed"), std::string::npos);
+}
+
+// Whether clean cached data survives a restart (docs/crash-consistency.md):
+// origin block 7 holds clean sub-blocks 0-1 and dirty sub-block 2, origin
+// block 8 only clean data.
+class SlotTableRestartTest : public SlotTableTest {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/dev/shm/rbdcache-slot-table-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    ring_dir_ = tmpl;
+    SlotTableTest::SetUp();
+    {
+      auto t = table_->lock();
+      auto a = t.take_ready();
+      auto b = t.take_ready();
+      ASSERT_TRUE(a && b);
+      t.insert(OriginBlock(7), *a);
+      t.mark_valid(*a, SubBlockMask::of({0, 1}));
+      t.mark_dirty(*a, SubBlockRange{2, 1});
+      t.insert(OriginBlock(8), *b);
+      t.mark_valid(*b, SubBlockMask::of({0, 1, 2, 3}));
+    }
+    ASSERT_TRUE(log_->commit().is_ok());
+  }
+  void TearDown() override {
+    table_.reset();
+    log_.reset();
+    std::filesystem::remove_all(ring_dir_);
+  }
+  metalog::LogOptions with_ring() const {
+    metalog::LogOptions o;
+    o.ring = metalog::LogOptions::Ring::kOn;
+    o.ring_options.dir = ring_dir_;
+    return o;
+  }
+  void expect_everything_kept() {
+    auto t = table_->lock();
+    auto a = t.lookup(OriginBlock(7));
+    auto b = t.lookup(OriginBlock(8));
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of({0, 1, 2}));
+    EXPECT_EQ(t.map().dirty_mask(*a), SubBlockMask::of({2}));
+    EXPECT_EQ(t.map().valid_mask(*b), SubBlockMask::of({0, 1, 2, 3}));
+    EXPECT_EQ(t.ready_count(), kBlocks - 2);
+  }
+  std::string ring_dir_;
+};
+
+TEST_F(SlotTableRestartTest, CleanDataIsKeptAfterACleanClose) {
+  ASSERT_TRUE(log_->close().is_ok());
+  reopen();
+  EXPECT_TRUE(log_->last_shutdown_clean());
+  expect_everything_kept();
+  // The mark is gone once the log is open again: a power cut now is unclean.
+  reopen();
+  EXPECT_FALSE(log_->last_shutdown_clean());
+}
+
+TEST_F(SlotTableRestartTest, CleanDataIsKeptAfterAProcessCrashThatLeftItsRing) {
+  ASSERT_TRUE(log_->close().is_ok());
+  reopen(with_ring());
+  const std::string ring = log_->ring_path();
+  ASSERT_FALSE(ring.empty());
+  // The process is killed with nothing pending: its ring file stays behind
+  // (the destructor of a log that is not killed deletes an empty ring).
+  std::string image;
+  {
+    std::ifstream in(ring, std::ios::binary);
+    image.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  table_.reset();
+  log_.reset();
+  {
+    std::ofstream out(ring, std::ios::binary);
+    out << image;
+  }
+  reopen(with_ring());
+  EXPECT_FALSE(log_->last_shutdown_clean());
+  EXPECT_TRUE(log_->ring_found_at_open());
+  expect_everything_kept();
+}
+
+TEST_F(SlotTableRestartTest, CleanDataIsDroppedAfterAPowerCut) {
+  // The log is gone without close() and without a ring (it died with the
+  // machine); a new, empty ring does not count.
+  reopen(with_ring());
+  EXPECT_FALSE(log_->clean_data_trusted());
+  uint64_t gen = 0;
+  {
+    auto t = table_->lock();
+    auto a = t.lookup(OriginBlock(7));
+    ASSERT_TRUE(a.has_value());
+    EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of({2}));
+    EXPECT_EQ(t.map().dirty_mask(*a), SubBlockMask::of({2}));
+    EXPECT_FALSE(t.lookup(OriginBlock(8)).has_value());
+    // The emptied slot is ready only once its unmap is committed.
+    EXPECT_EQ(t.quarantined_count(), 1u);
+    EXPECT_EQ(t.ready_count(), kBlocks - 2);
+    gen = t.unmap_generation();
+  }
+  ASSERT_TRUE(log_->commit().is_ok());
+  table_->lock().release_quarantine(gen);
+  EXPECT_EQ(table_->lock().ready_count(), kBlocks - 1);
+  // The drop is in the committed metadata.
+  ASSERT_TRUE(log_->close().is_ok());
+  reopen();
+  auto t = table_->lock();
+  auto a = t.lookup(OriginBlock(7));
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of({2}));
+  EXPECT_FALSE(t.lookup(OriginBlock(8)).has_value());
 }
 
 using SlotTableDeathTest = SlotTableTest;
