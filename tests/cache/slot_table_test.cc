@@ -216,10 +216,10 @@ class SlotTableRestartTest : public SlotTableTest {
       auto b = t.take_ready();
       ASSERT_TRUE(a && b);
       t.insert(OriginBlock(7), *a);
-      t.mark_valid(*a, SubBlockMask::of({0, 1}));
+      t.mark_valid(*a, SubBlockMask::of(SubBlockRange{0, 2}));
       t.mark_dirty(*a, SubBlockRange{2, 1});
       t.insert(OriginBlock(8), *b);
-      t.mark_valid(*b, SubBlockMask::of({0, 1, 2, 3}));
+      t.mark_valid(*b, SubBlockMask::of(SubBlockRange{0, 4}));
     }
     ASSERT_TRUE(log_->commit().is_ok());
   }
@@ -239,9 +239,9 @@ class SlotTableRestartTest : public SlotTableTest {
     auto a = t.lookup(OriginBlock(7));
     auto b = t.lookup(OriginBlock(8));
     ASSERT_TRUE(a && b);
-    EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of({0, 1, 2}));
-    EXPECT_EQ(t.map().dirty_mask(*a), SubBlockMask::of({2}));
-    EXPECT_EQ(t.map().valid_mask(*b), SubBlockMask::of({0, 1, 2, 3}));
+    EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of(SubBlockRange{0, 3}));
+    EXPECT_EQ(t.map().dirty_mask(*a), SubBlockMask::of(SubBlockRange{2, 1}));
+    EXPECT_EQ(t.map().valid_mask(*b), SubBlockMask::of(SubBlockRange{0, 4}));
     EXPECT_EQ(t.ready_count(), kBlocks - 2);
   }
   std::string ring_dir_;
@@ -291,8 +291,8 @@ TEST_F(SlotTableRestartTest, CleanDataIsDroppedAfterAPowerCut) {
     auto t = table_->lock();
     auto a = t.lookup(OriginBlock(7));
     ASSERT_TRUE(a.has_value());
-    EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of({2}));
-    EXPECT_EQ(t.map().dirty_mask(*a), SubBlockMask::of({2}));
+    EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of(SubBlockRange{2, 1}));
+    EXPECT_EQ(t.map().dirty_mask(*a), SubBlockMask::of(SubBlockRange{2, 1}));
     EXPECT_FALSE(t.lookup(OriginBlock(8)).has_value());
     // The emptied slot is ready only once its unmap is committed.
     EXPECT_EQ(t.quarantined_count(), 1u);
@@ -308,7 +308,7 @@ TEST_F(SlotTableRestartTest, CleanDataIsDroppedAfterAPowerCut) {
   auto t = table_->lock();
   auto a = t.lookup(OriginBlock(7));
   ASSERT_TRUE(a.has_value());
-  EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of({2}));
+  EXPECT_EQ(t.map().valid_mask(*a), SubBlockMask::of(SubBlockRange{2, 1}));
   EXPECT_FALSE(t.lookup(OriginBlock(8)).has_value());
 }
 
