@@ -5,8 +5,6 @@
 #                then the micro-benchmark smoke run (meson test --benchmark)
 #   build-asan   g++ with AddressSanitizer + UndefinedBehaviorSanitizer:
 #                the same tests but the VM ones (the plain build runs those)
-#   build-tsan   g++ with ThreadSanitizer: the unit and metadata tests
-#                (engine, model-based concurrency test, slot table, ...)
 #   build-fuzz   clang + libFuzzer (+ASan/UBSan): short fuzzing runs
 # Ends with one line "tests: N passed, N failed, N skipped".
 #
@@ -87,12 +85,6 @@ if [ $quick -eq 0 ]; then
   setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true
   run_tests build-asan --no-suite fuzz --no-suite vm --timeout-multiplier 3
 
-  echo "== build-tsan: ThreadSanitizer"
-  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
-  setup build-tsan --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false \
-    -Dbenchmarks=disabled -Dwerror=true
-  run_tests build-tsan --suite unit --suite metalog --timeout-multiplier 3
-
   echo "== build-fuzz: clang + libFuzzer"
   if [ ! -f build-fuzz/build.ninja ]; then
     CXX=clang++ meson setup build-fuzz --buildtype=debugoptimized -Dfuzzing=true \
@@ -104,7 +96,7 @@ if [ $quick -eq 0 ]; then
 fi
 
 dirs=(build-test)
-[ $quick -eq 0 ] && dirs+=(build-asan build-tsan build-fuzz)
+[ $quick -eq 0 ] && dirs+=(build-asan build-fuzz)
 status=0
 python3 scripts/test-summary.py "${dirs[@]}" || status=$?
 if [ $failed_builds -ne 0 ] && [ $status -eq 0 ]; then
