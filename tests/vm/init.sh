@@ -48,6 +48,12 @@ OUT=/host/run/vm
 # /tmp: a real file system (O_DIRECT works, unlike on this kernel's tmpfs).
 chroot /host /sbin/modprobe -a virtio_blk ext4 >>"$OUT/setup.log" 2>&1
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /host/dev/vda ] && break; sleep 0.2; done
+# The host's /tmp and /var/tmp stay reachable under /keep: a checkout or
+# build directory there (listed in $OUT/binds) is bound back into the new
+# /tmp and /var/tmp at the same path.
+mkdir -p /keep/tmp /keep/var-tmp
+mount -o bind /host/tmp /keep/tmp
+mount -o bind /host/var/tmp /keep/var-tmp
 if ! chroot /host /sbin/mkfs.ext4 -q -F -E nodiscard /dev/vda >>"$OUT/setup.log" 2>&1 ||
    ! mount -t ext4 /host/dev/vda /host/tmp; then
   say "cannot make /tmp on /dev/vda (see setup.log)"
@@ -56,6 +62,16 @@ if ! chroot /host /sbin/mkfs.ext4 -q -F -E nodiscard /dev/vda >>"$OUT/setup.log"
 fi
 chmod 1777 /host/tmp
 mount -t tmpfs tmpfs /host/var/tmp 2>/dev/null
+if [ -f "$OUT/binds" ]; then
+  while read -r dir; do
+    case "$dir" in
+      /tmp/?*) rel=${dir#/tmp/}; from=/keep/tmp/$rel; to=/host/tmp/$rel ;;
+      /var/tmp/?*) rel=${dir#/var/tmp/}; from=/keep/var-tmp/$rel; to=/host/var/tmp/$rel ;;
+      *) continue ;;
+    esac
+    mkdir -p "$to" && mount -o bind "$from" "$to" || say "cannot bind $dir into the guest"
+  done <"$OUT/binds"
+fi
 hostname rbdcache-vm
 
 say "running the test"

@@ -189,6 +189,12 @@ trap 'rm -rf "$RUN"' EXIT
   printf '%q ' "$@"
   echo
 } >"$RUN/cmd"
+# Directories under /tmp or /var/tmp that the guest's own /tmp and /var/tmp
+# would hide: the checkout and the working directory (init.sh binds them).
+{
+  realpath "$(dirname "$0")/../.."
+  echo "$PWD"
+} >"$RUN/binds"
 
 start=$SECONDS
 boot "$accel" "$TIMEOUT" "$RUN"
