@@ -263,6 +263,16 @@ void WritePath::apply(const Part& p, CacheBlock cb, SlotAction a) {
   }
 }
 
+// Drops the cached sub-blocks each part covers completely (TRIM and
+// WRITE_ZEROES; the request holds the parts' block and origin locks).
+void WritePath::drop_covered(const std::vector<Part>& parts) {
+  auto t = ctx_.slots.lock();
+  for (const Part& p : parts) {
+    auto slot = t.lookup(p.ob);
+    if (slot && p.covered().count > 0) t.drop(*slot, p.covered());
+  }
+}
+
 // ------------------------------------------------------------ TRIM
 
 void WritePath::discard(io::Reactor& r, uint64_t offset, uint64_t length, WriteFlags flags,
@@ -271,13 +281,7 @@ void WritePath::discard(io::Reactor& r, uint64_t offset, uint64_t length, WriteF
   req->writes_origin = true;
   if (refuse_if_failed(req)) return;
   ctx_.with_locks(req, [this, req, flags] {
-    {
-      auto t = ctx_.slots.lock();
-      for (const Part& p : split(*req, nullptr, ctx_.bs)) {
-        auto slot = t.lookup(p.ob);
-        if (slot && p.covered().count > 0) t.drop(*slot, p.covered());
-      }
-    }
+    drop_covered(split(*req, nullptr, ctx_.bs));
     ctx_.origin.discard(*req->r, req->offset, req->length, flags, [this, req, flags](Status st) {
       if (st.is_ok()) ctx_.origin_sync.note_write();
       reply(req, flags.fua, std::move(st));
@@ -328,13 +332,7 @@ void WritePath::zero_cached(const std::shared_ptr<Request>& req, bool fua) {
           const std::vector<Part> parts = split(*req, nullptr, ctx_.bs);
           auto join = Join::make(
               [this, req, fua](Status jst) { reply(req, fua, std::move(jst)); });
-          {
-            auto t = ctx_.slots.lock();
-            for (const Part& p : parts) {
-              auto slot = t.lookup(p.ob);
-              if (slot && p.covered().count > 0) t.drop(*slot, p.covered());
-            }
-          }
+          drop_covered(parts);
           // Cached sub-blocks the range covers only in part get zeroed in place.
           for (const Part& p : parts) {
             const uint32_t up = (p.s + kSub - 1) / kSub * kSub;

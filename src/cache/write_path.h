@@ -55,6 +55,7 @@ class WritePath {
   // otherwise.
   void once_durable(io::Reactor& r, bool replaces_dirty, StatusFn fn);
   void zero_cached(const std::shared_ptr<Request>& req, bool fua);
+  void drop_covered(const std::vector<Part>& parts);
   // Zeroes [s, e) of one cached sub-block of `ob` in place.
   void zero_partial(const std::shared_ptr<Request>& req, OriginBlock ob, uint32_t s, uint32_t e,
                     StatusFn done);
