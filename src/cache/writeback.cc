@@ -121,7 +121,9 @@ void Writeback::pump(const std::shared_ptr<Batch>& b) {
   if (b->over || b->rate_wait) return;
   const size_t window = ctx_.fg_in_flight.load() > 0 ? 1 : 4;
   while (!stopping_ && !b->failed && b->next < b->units.size() && b->active < window) {
-    if (auto delay = rate_limit_delay(); delay.count() > 0) {
+    const Unit& next = b->units[b->next];
+    const uint64_t next_bytes = (next.last.value() - next.first.value() + 1) * uint64_t{ctx_.bs};
+    if (auto delay = rate_limit_delay(next_bytes); delay.count() > 0) {
       b->rate_wait = true;
       ctx_.bg->timeout(static_cast<uint64_t>(delay.count()), [this, b](int) {
         b->rate_wait = false;
@@ -302,18 +304,19 @@ void Writeback::write_back_unit(const Unit& unit, std::function<void(bool)> done
   });
 }
 
-std::chrono::nanoseconds Writeback::rate_limit_delay() {
+std::chrono::nanoseconds Writeback::rate_limit_delay(uint64_t next_bytes) {
   const uint64_t rate = max_rate_.load();
   if (rate == 0) return std::chrono::nanoseconds(0);
-  // Bytes issued (not completed: several units are in flight at once),
-  // allowing one unit's worth of burst.
-  const double allowed_s = static_cast<double>(rate_issued_bytes_) / static_cast<double>(rate);
+  // A token bucket holding one unit's worth of burst: the next unit may
+  // start once the bytes issued so far plus its own (an upper bound: its
+  // whole origin range) fit in rate x elapsed + burst. Bytes are counted
+  // when issued, not when completed, as several units run at once; so a
+  // flush of N bytes takes at least (N - burst) / rate.
+  const double burst = static_cast<double>(ctx_.opts.writeback_max_io);
+  const double want = static_cast<double>(rate_issued_bytes_ + next_bytes);
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - rate_start_).count();
-  const double ahead_s = allowed_s - elapsed_s -
-                         static_cast<double>(ctx_.opts.writeback_max_io) / static_cast<double>(rate);
-  // The next unit may start only while the issued bytes are strictly below
-  // the allowance: starting one at the limit would add a second burst.
-  if (ahead_s < 0) return std::chrono::nanoseconds(0);
+  const double ahead_s = (want - burst) / static_cast<double>(rate) - elapsed_s;
+  if (ahead_s <= 0) return std::chrono::nanoseconds(0);
   // Short waits, so that shutdown is never held up for long.
   return std::chrono::nanoseconds(static_cast<int64_t>(std::clamp(ahead_s, 0.001, 0.1) * 1e9));
 }

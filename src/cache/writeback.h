@@ -72,7 +72,7 @@ class Writeback {
   void end_batch(const std::shared_ptr<Batch>& b);
   void write_back_unit(const Unit& unit, std::function<void(bool ok)> done);
   void sample_rates();
-  std::chrono::nanoseconds rate_limit_delay();
+  std::chrono::nanoseconds rate_limit_delay(uint64_t next_bytes);
 
   EngineContext& ctx_;
   std::atomic<bool> full_{false};
