@@ -15,7 +15,7 @@ uint64_t mix(uint64_t id, uint64_t s, uint64_t i) {
 }  // namespace
 
 SectorModel::SectorModel(uint64_t sectors) : hist_(sectors) {
-  for (auto& h : hist_) h.push_back(W{kInitial, kInitial, false, 0, 0, true});
+  for (auto& h : hist_) h.push_back(W{kInitial, kInitial, false, 0, 0, true, true});
 }
 
 void SectorModel::fill(uint64_t id, uint64_t s, std::span<std::byte> out) {
@@ -59,6 +59,7 @@ void SectorModel::completed(uint64_t id, bool ok, bool fua, uint64_t t) {
     for (W& w : h) {
       if (w.id == id && w.complete == kNever) {
         w.complete = t;
+        w.ok = ok;
         w.durable = ok && fua;
       }
     }
@@ -77,8 +78,10 @@ void SectorModel::flushed(uint64_t issue) {
 bool SectorModel::readable(const std::vector<W>& h, const W& w, uint64_t issue,
                            uint64_t done) const {
   if (w.issue >= done) return false;
+  // Only a write known to have happened hides older ones: a failed write
+  // (or one cut short) may not have.
   for (const W& w2 : h) {
-    if (w.complete != kNever && w2.issue > w.complete && w2.complete < issue) return false;
+    if (w2.ok && w.complete != kNever && w2.issue > w.complete && w2.complete < issue) return false;
   }
   return true;
 }
@@ -136,7 +139,10 @@ void SectorModel::cut(uint64_t t) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& h : hist_) {
     for (W& w : h) {
-      if (w.complete == kNever) w.complete = t;
+      if (w.complete == kNever) {
+        w.complete = t;
+        w.ok = false;
+      }
     }
   }
 }
@@ -154,7 +160,7 @@ std::string SectorModel::restarted(After how, std::span<const std::byte> image, 
                                           : readable(hist_[s], w, t, t));
     }
     if (!ok && ++nbad <= 4) bad += describe(s, got) + "\n";
-    hist_[s].assign(1, W{0, got, got == kGarbage, t, t, true});
+    hist_[s].assign(1, W{0, got, got == kGarbage, t, t, true, true});
   }
   if (nbad > 4) bad += "(" + std::to_string(nbad) + " sectors in all)\n";
   return bad;

@@ -17,7 +17,8 @@
 // TRIM allows any content until the sector is written again (NBD: the
 // client must make no assumption about trimmed data); WRITE_ZEROES writes
 // zeroes. A write that failed, or was in flight at a cut, completes at that
-// moment without becoming durable: it may or may not have happened.
+// moment without becoming durable: it may or may not have happened, so it
+// hides no older write from a read or a process crash.
 //
 // Sector contents encode the write that produced them (value()), so a read
 // is checked by decoding it.
@@ -81,6 +82,7 @@ class SectorModel {
     bool any;          // trimmed
     uint64_t issue;
     uint64_t complete = kNever;
+    bool ok = false;  // completed successfully: it did happen
     bool durable = false;
   };
   bool readable(const std::vector<W>& h, const W& w, uint64_t issue, uint64_t done) const;
