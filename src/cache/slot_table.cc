@@ -340,6 +340,14 @@ void SlotTable::Locked::mark_written_back(CacheBlock cb, OriginBlock ob, SubBloc
   touch(cb);
 }
 
+void SlotTable::Locked::forget_clean(CacheBlock cb, const SubBlockMask& mask) {
+  const SubBlockMask clean = (mask & t_->map_.valid_mask(cb)).without(t_->map_.dirty_mask(cb));
+  if (clean.none()) return;
+  note_rewritten(cb);
+  clean.for_each_run([&](SubBlockRange r) { t_->map_.invalidate(cb, r); });
+  touch(cb);
+}
+
 void SlotTable::Locked::drop(CacheBlock cb, const SubBlockMask& mask) {
   note_rewritten(cb);
   const bool was_dirty = t_->map_.is_dirty(cb);

@@ -172,6 +172,7 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
                      log::warn("cache device write failed ({}); writing origin block {} through "
                                "to the origin instead",
                                st.to_string(), p.ob.value());
+                     if (!fresh) ctx_.slots.lock().forget_clean(cb, SubBlockMask::of(p.subs()));
                      ctx_.write_origin(
                          *req, p.ob, origin_off, data, oflags,
                          [this, req, p, cb, fresh, had_dirty, keep,
@@ -193,7 +194,9 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
   }
 
   // Writethrough and passthrough: the merged sub-blocks go to the origin
-  // (and, in writethrough, to the cache as well).
+  // (and, in writethrough, to the cache as well). Their clean cached copy
+  // stops being valid first.
+  if (!fresh) ctx_.slots.lock().forget_clean(cb, SubBlockMask::of(subs));
   auto origin_st = std::make_shared<Status>();
   auto cache_res = std::make_shared<IoResult>(IoResult::kNotTried);
   auto join = Join::make([this, &r, p, m, cb, fresh, had_dirty, keep, origin_st, cache_res,
@@ -297,8 +300,15 @@ void WritePath::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, W
   req->writes_origin = true;
   if (refuse_if_failed(req)) return;
   ctx_.with_locks(req, [this, req, flags] {
-    // The origin is zeroed first: if it cannot (FAST_ZERO refused), the
-    // cache is left untouched.
+    // The origin is zeroed first; the clean cached copies of the range stop
+    // being valid before that (if the origin cannot zero, FAST_ZERO
+    // refused, they are merely gone from the cache; dirty ones are kept).
+    {
+      auto t = ctx_.slots.lock();
+      for (const Part& p : split(*req, nullptr, ctx_.bs)) {
+        if (auto slot = t.lookup(p.ob)) t.forget_clean(*slot, SubBlockMask::of(p.subs()));
+      }
+    }
     ctx_.origin.write_zeroes(
         *req->r, req->offset, req->length, flags, [this, req, flags](Status st) {
           if (!st.is_ok()) {

@@ -415,5 +415,63 @@ INSTANTIATE_TEST_SUITE_P(Modes, EngineProcessCrashTest,
                            return std::string(mode_name(i.param));
                          });
 
+// A process crash keeps clean cached data (crash-consistency rule 14), so
+// a clean copy must never differ from the origin, not even while a write
+// that changes the origin under it is in flight: the write stops it being
+// valid before the origin is touched. Here the origin write reaches the
+// origin but the process dies before it completes.
+enum class Overwrite { kPassthroughWrite, kWritethroughWrite, kWriteZeroes };
+class EngineOverwriteCrashTest : public EngineCrashCaseTest,
+                                 public ::testing::WithParamInterface<Overwrite> {};
+
+TEST_P(EngineOverwriteCrashTest, CleanCopyNeverDiffersFromTheOriginAfterAProcessCrash) {
+  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
+  CacheEngine& e = *before_.engine;
+  const uint64_t off = 5 * kBlockSize;
+  auto v1 = rbdcache::testing::pattern(kBlockSize, 61), v2 = rbdcache::testing::pattern(kBlockSize, 62);
+  ASSERT_TRUE(write(e, off, v1, false).is_ok());
+  e.request_full_writeback();
+  for (int i = 0; i < 1000 && e.stats().dirty_blocks > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(e.stats().dirty_blocks, 0u);
+  ASSERT_TRUE(flush(e).is_ok());  // v1: clean in the cache and on the origin
+  ASSERT_GT(e.stats().used_bytes, 0u);
+  const Overwrite how = GetParam();
+  e.set_mode(how == Overwrite::kWritethroughWrite ? Mode::kWritethrough : Mode::kPassthrough);
+  if (how == Overwrite::kWriteZeroes) v2.assign(kBlockSize, std::byte{0});
+  before_.origin->hold(how == Overwrite::kWriteZeroes ? FaultOrigin::Op::kWriteZeroes
+                                                      : FaultOrigin::Op::kWrite);
+  rt_.reactor().post([&e, this, how, off, &v2] {
+    auto done = [](Status) {};
+    if (how == Overwrite::kWriteZeroes) {
+      e.write_zeroes(rt_.reactor(), off, kBlockSize, WriteFlags{false, true, false}, done);
+    } else {
+      e.write(rt_.reactor(), off, std::as_const(v2), WriteFlags{false, true, false}, done);
+    }
+  });
+  ASSERT_TRUE(before_.origin->wait_for_held(1, std::chrono::seconds(10)))
+      << "the write never reached the origin";
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover(Cut::kProcessCrash));
+  auto first = read(*after_.engine, off, kBlockSize);
+  EXPECT_TRUE(first == v1 || first == v2) << "the block holds neither the old nor the new data";
+  ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
+  EXPECT_TRUE(read(*after_.engine, off, kBlockSize) == first)
+      << "the block read back as " << (first == v2 ? "the new data" : "the old data")
+      << " while cached as clean, and as something else once dropped";
+}
+
+INSTANTIATE_TEST_SUITE_P(Writes, EngineOverwriteCrashTest,
+                         ::testing::Values(Overwrite::kPassthroughWrite,
+                                           Overwrite::kWritethroughWrite, Overwrite::kWriteZeroes),
+                         [](const ::testing::TestParamInfo<Overwrite>& i) {
+                           switch (i.param) {
+                             case Overwrite::kPassthroughWrite: return std::string("passthrough");
+                             case Overwrite::kWritethroughWrite: return std::string("writethrough");
+                             case Overwrite::kWriteZeroes: return std::string("write_zeroes");
+                           }
+                           return std::string("?");
+                         });
+
 }  // namespace
 }  // namespace rbdcache::cache
