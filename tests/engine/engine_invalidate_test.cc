@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <future>
+#include <ostream>
 #include <random>
 #include <thread>
 
@@ -26,6 +27,11 @@
 #include "crash_stack.h"
 #include "util/aligned_buffer.h"
 #include "util/log.h"
+
+namespace rbdcache::cache::testing {
+// gtest prints a parameter with this (found by argument-dependent lookup).
+void PrintTo(FaultOrigin::Op op, std::ostream* os) { *os << op_name(op); }
+}  // namespace rbdcache::cache::testing
 
 namespace rbdcache::cache {
 namespace {
@@ -133,7 +139,7 @@ class EngineInvalidateTest : public ::testing::Test {
   Stack s_;
 };
 
-// Defect 6 as found: the discarding invalidation returned at once, the
+// Issue 11 defect 6, as found: the discarding invalidation returned at once, the
 // block was no longer cached, a new write to it bypassed the cache, and the
 // writeback of the old data, still in flight, could land after it.
 TEST_F(EngineInvalidateTest, BypassWriteAfterDiscardingInvalidateIsNotOvertakenByOldWriteback) {
