@@ -78,6 +78,7 @@ void WritePath::write_part(const std::shared_ptr<Request>& req, const Part& p, b
   bool fresh = false;
   bool low = false;
   bool had_dirty = false;
+  bool sequential = false;
   SubBlockMask valid;
   {
     auto t = ctx_.slots.lock();
@@ -85,7 +86,7 @@ void WritePath::write_part(const std::shared_ptr<Request>& req, const Part& p, b
     const uint64_t seq_before = t.policy_stats().sequential_misses;
     Access a{p.ob, p.origin_offset(ctx_.bs), p.e - p.s, true, slot};
     const Decision d = t.access(a);
-    const bool sequential = t.policy_stats().sequential_misses != seq_before;
+    sequential = t.policy_stats().sequential_misses != seq_before;
     if (!slot) {
       // Writeback absorbs every write but those of a long sequential stream;
       // writethrough caches a write only when the policy would promote it.
@@ -104,8 +105,9 @@ void WritePath::write_part(const std::shared_ptr<Request>& req, const Part& p, b
   if (low && ctx_.want_slots) ctx_.want_slots();
 
   if (!slot) {
-    // Not cached: straight to the origin.
-    EngineCounters::bump(ctx_.counters.bypassed_bytes, p.e - p.s);
+    // Not cached: straight to the origin. The policy counts the bytes of a
+    // sequential miss itself (stats() adds them); count the others here.
+    if (!sequential) EngineCounters::bump(ctx_.counters.bypassed_bytes, p.e - p.s);
     ctx_.write_origin(*req, p.ob, p.origin_offset(ctx_.bs),
                       std::span<const std::byte>(p.user, p.e - p.s), WriteFlags{fua, true, false},
                       std::move(done));
