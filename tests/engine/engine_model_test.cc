@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -92,6 +93,7 @@ class ModelRun {
   std::atomic<uint64_t> ops_{0};
   std::atomic<bool> stop_epoch_{false};
   std::atomic<bool> done_{false};
+  std::atomic<bool> paused_{false};  // the releaser waits (a clean shutdown runs)
   std::atomic<uint64_t> cut_at_{UINT64_MAX};  // ops_ value at which a client cuts
   std::mutex mu_;
   std::string failure_;  // guarded by mu_
@@ -237,6 +239,7 @@ void ModelRun::releaser(uint64_t seed) {
   std::mt19937_64 rng(seed);
   while (!done_.load()) {
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 500));
+    if (paused_.load()) continue;
     std::lock_guard<std::mutex> lock(stack_mu_);
     FaultOrigin* o = stack_ ? stack_->origin.get() : nullptr;
     if (o == nullptr) continue;
@@ -251,13 +254,24 @@ std::string ModelRun::restart(After how) {
   const uint64_t t = model_.now();
   StackImages img;
   if (how == After::kCleanShutdown) {
-    Status st = s.engine->shutdown();
-    if (!st.is_ok()) return "clean shutdown failed: " + st.to_string();
-    if (const uint64_t n = s.origin->in_flight(); n != 0) {
+    // Held origin operations are released slowly now, one every 20 ms, so
+    // that a shutdown that does not wait for them returns while one is
+    // still held.
+    paused_.store(true);
+    auto shut = std::async(std::launch::async, [&s] { return s.engine->shutdown(); });
+    while (shut.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready) {
+      auto held = s.origin->held();
+      if (!held.empty()) s.origin->release(held.front().id);
+    }
+    const uint64_t n = s.origin->in_flight();
+    paused_.store(false);
+    Status st = shut.get();
+    if (n != 0) {
       s.origin->abandon_held();
       done_.store(true);
       return "shutdown returned with " + std::to_string(n) + " origin operations in flight";
     }
+    if (!st.is_ok()) return "clean shutdown failed: " + st.to_string();
     img = crash_images(s, Cut::kProcessCrash, rng_);  // everything it wrote
   } else {
     model_.cut(t);
