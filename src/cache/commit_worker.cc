@@ -7,9 +7,19 @@ namespace rbdcache::cache {
 
 CommitWorker::CommitWorker(metalog::MetadataLog& log, std::chrono::milliseconds interval,
                            Hooks hooks)
-    : log_(log), interval_(interval), hooks_(std::move(hooks)), thread_([this] { run(); }) {}
+    : log_(log), interval_(interval), hooks_(std::move(hooks)) {
+  log_.set_commit_wanted([this] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wanted_ = true;
+    }
+    cv_.notify_one();
+  });
+  thread_ = std::thread([this] { run(); });
+}
 
 CommitWorker::~CommitWorker() {
+  log_.set_commit_wanted(nullptr);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -38,7 +48,8 @@ void CommitWorker::run() {
   uint64_t unreported = 0;
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    cv_.wait_for(lock, interval_, [this] { return stop_ || !waiters_.empty(); });
+    cv_.wait_for(lock, interval_, [this] { return stop_ || wanted_ || !waiters_.empty(); });
+    wanted_ = false;
     // Requests taken now are covered by the commit that starts below: their
     // entries were appended before they were queued.
     std::vector<Waiter> batch;

@@ -6,8 +6,15 @@
 // made it, with the Status of the first commit that started after the
 // request, which therefore covers every entry appended before it.
 //
+// The log's intent ring asks for an early commit when it is half full
+// (MetadataLog::set_commit_wanted): the worker then commits at once rather
+// than at the end of the interval, so the ring rarely has to grow.
+//
 // Threads: request() may be called from any thread; callbacks run on the
-// named reactor. The MetadataLog must outlive the worker.
+// named reactor. The MetadataLog must outlive the worker, and no append()
+// may run while the worker is destroyed. Locks: mu_ is the innermost lock
+// (the commit-wanted callback takes it under the caller's slot-table mutex);
+// it is never held while a commit or a hook runs.
 #pragma once
 
 #include <chrono>
@@ -69,6 +76,7 @@ class CommitWorker {
   std::condition_variable cv_;
   std::vector<Waiter> waiters_;  // guarded by mu_
   bool stop_ = false;            // guarded by mu_
+  bool wanted_ = false;          // the log asked for a commit; guarded by mu_
   uint64_t commits_ = 0;         // guarded by mu_
   std::thread thread_;
 };
