@@ -88,7 +88,18 @@ env -u CEPH_ARGS "$RBDCACHE" serve --socket "$T/term.sock" --origin "rbd:$IMAGE_
   --ceph-conf "$T/unreachable.conf" "${user[@]}" --ceph-timeout 60 </dev/null >"$T/term.out" 2>&1 &
 pid=$!
 track_pid "$pid"
-sleep 1
+# Signal only once serve has blocked SIGTERM (bit 14 of SigBlk), which it
+# does just before it opens the origin: earlier, the default action would
+# end it without its message (a slow start under load is not the case
+# tested here).
+blocked=0
+for _ in $(seq 1 200); do
+  blk=$(awk '/^SigBlk:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  if [ -n "$blk" ] && (((16#$blk >> 14) & 1)); then blocked=1; break; fi
+  sleep 0.05
+done
+[ $blocked = 1 ] || fail "serve never blocked SIGTERM before opening the origin"
+sleep 0.3  # into the wait for the monitors
 kill -TERM "$pid"
 start=${EPOCHREALTIME/./}
 stop_server "$pid" 0  # signal 0: SIGTERM was sent above; only wait and reap
