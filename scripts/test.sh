@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need, builds rbdcache three ways and runs every
+# Installs what the tests need, builds rbdcache four ways and runs every
 # test suite:
 #   build-test   g++, warnings as errors: unit, integration, metadata tests,
 #                then the micro-benchmark smoke run (meson test --benchmark)
 #   build-asan   g++ with AddressSanitizer + UndefinedBehaviorSanitizer:
 #                the same tests but the VM ones (the plain build runs those)
+#   build-tsan   g++ with ThreadSanitizer: the unit (engine included) and
+#                metadata-log suites; suppressions in tests/tsan.supp
 #   build-fuzz   clang + libFuzzer (+ASan/UBSan): short fuzzing runs
 # Ends with one line "tests: N passed, N failed, N skipped".
 #
@@ -85,6 +87,14 @@ if [ $quick -eq 0 ]; then
   setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true
   run_tests build-asan --no-suite fuzz --no-suite vm --timeout-multiplier 3
 
+  echo "== build-tsan: ThreadSanitizer"
+  # The gtest suites only (unit: engine tests included; metalog): the shell
+  # suites run servers that the plain and ASan builds cover.
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
+  setup build-tsan --buildtype=debug -Db_sanitize=thread -Db_lundef=false \
+    -Dbenchmarks=disabled -Dwerror=true
+  run_tests build-tsan --suite unit --suite metalog --timeout-multiplier 3
+
   echo "== build-fuzz: clang + libFuzzer"
   if [ ! -f build-fuzz/build.ninja ]; then
     CXX=clang++ meson setup build-fuzz --buildtype=debugoptimized -Dfuzzing=true \
@@ -96,7 +106,7 @@ if [ $quick -eq 0 ]; then
 fi
 
 dirs=(build-test)
-[ $quick -eq 0 ] && dirs+=(build-asan build-fuzz)
+[ $quick -eq 0 ] && dirs+=(build-asan build-tsan build-fuzz)
 status=0
 python3 scripts/test-summary.py "${dirs[@]}" || status=$?
 if [ $failed_builds -ne 0 ] && [ $status -eq 0 ]; then

@@ -7,6 +7,18 @@
 #include <cassert>
 #include <pthread.h>
 #include <thread>
+#include <utility>
+
+#if defined(__SANITIZE_THREAD__)
+#define RBDCACHE_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RBDCACHE_TSAN 1
+#endif
+#endif
+#ifdef RBDCACHE_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 
 namespace rbdcache::io {
 
@@ -20,6 +32,37 @@ namespace {
 uint64_t this_thread_key() {
   return static_cast<uint64_t>(std::hash<std::thread::id>()(std::this_thread::get_id())) | 1;
 }
+
+#ifdef RBDCACHE_TSAN
+// ThreadSanitizer builds only. liburing maps a ring's memory (SQ ring, CQ
+// ring, SQE array) and unmaps it with raw system calls, which the sanitizer
+// does not intercept, so it never learns that a torn-down ring's memory is
+// gone. When a later ring is mapped at the same address (often, by another
+// thread), it still remembers the old ring's accesses there and reports the
+// new ring's as races with them. (The kernel refuses to map a ring at a
+// fixed address, so the regions cannot be mapped again through libc's
+// mmap, which the sanitizer would see.) So the unmap and the later map are
+// told to it as what they are, a happens-before edge: every page of a ring
+// is released just before the ring is torn down and acquired once a new
+// ring has been mapped over it. Each page is its own sync object, so only a
+// ring reusing the very pages of an old one is ordered after it.
+template <typename Fn>
+void for_each_ring_page(const io_uring& ring, Fn fn) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const std::pair<const void*, size_t> regions[] = {
+      {ring.sq.ring_ptr, ring.sq.ring_sz},
+      {ring.cq.ring_ptr, ring.cq.ring_sz},  // the SQ ring's mapping with IORING_FEAT_SINGLE_MMAP
+      {ring.sq.sqes, ring.sq.ring_entries * sizeof(io_uring_sqe)},
+  };
+  for (const auto& [addr, len] : regions) {
+    if (addr == nullptr) continue;
+    const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
+    for (uintptr_t p = start & ~(page - 1); p < start + len; p += page) {
+      fn(reinterpret_cast<void*>(p));
+    }
+  }
+}
+#endif
 }  // namespace
 
 Reactor::Reactor(unsigned index) : index_(index) {}
@@ -50,9 +93,15 @@ Result<std::unique_ptr<Reactor>> Reactor::create(unsigned queue_depth, unsigned 
   if (rc < 0) {
     return Status::system_error(-rc, "io_uring_queue_init");
   }
+#ifdef RBDCACHE_TSAN
+  for_each_ring_page(r->ring_, __tsan_acquire);
+#endif
   r->event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (r->event_fd_ < 0) {
     int err = errno;
+#ifdef RBDCACHE_TSAN
+    for_each_ring_page(r->ring_, __tsan_release);
+#endif
     io_uring_queue_exit(&r->ring_);
     r->ring_ = {};
     return Status::system_error(err, "eventfd");
@@ -62,7 +111,12 @@ Result<std::unique_ptr<Reactor>> Reactor::create(unsigned queue_depth, unsigned 
 }
 
 Reactor::~Reactor() {
-  if (ring_.ring_fd > 0) io_uring_queue_exit(&ring_);
+  if (ring_.ring_fd > 0) {
+#ifdef RBDCACHE_TSAN
+    for_each_ring_page(ring_, __tsan_release);
+#endif
+    io_uring_queue_exit(&ring_);
+  }
   delete eventfd_op_;
   if (event_fd_ >= 0) ::close(event_fd_);
 }

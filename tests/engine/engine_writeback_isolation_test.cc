@@ -1,6 +1,6 @@
 // Writeback against a stalled origin: a wrapper around a real FileOrigin
-// holds every origin write until the test opens its gate, as a paused OSD
-// would. While a writeback is stuck there:
+// holds every origin write, unissued, until the test opens its gate, as a
+// paused OSD would. While a writeback is stuck there:
 //   - cache hits and writeback-mode writes to the blocks being written back
 //     complete at once;
 //   - a block written again stays dirty after that writeback, and the origin
@@ -28,6 +28,13 @@ constexpr uint64_t kOriginSize = 8u << 20;
 constexpr uint64_t kBlock = 64u << 10;
 
 // Passes everything to a FileOrigin; writes wait while the gate is shut.
+// A held write is not issued to the FileOrigin (so the data it lands is
+// read from the caller's buffer only then, and a later writeback cannot
+// overtake it). It is issued later on the reactor it was issued on: only
+// that reactor's thread may use its ring. The FaultOrigin of the crash
+// tests cannot stand in: it holds completions, its writes land at once.
+//
+// Threads: any thread may call any member.
 class GatedOrigin final : public Origin {
  public:
   explicit GatedOrigin(Origin& inner) : inner_(inner) {}
@@ -43,9 +50,9 @@ class GatedOrigin final : public Origin {
     std::unique_lock lk(mu_);
     if (!open_) {
       ++held_;
-      held_writes_.push_back([this, &r, off, buf, f, done = std::move(done)]() mutable {
-        inner_.write(r, off, buf, f, std::move(done));
-      });
+      held_writes_.push_back(Held{&r, [this, &r, off, buf, f, done = std::move(done)]() mutable {
+                                    inner_.write(r, off, buf, f, std::move(done));
+                                  }});
       return;
     }
     lk.unlock();
@@ -70,27 +77,31 @@ class GatedOrigin final : public Origin {
     std::lock_guard lk(mu_);
     open_ = false;
   }
-  // Opens the gate; the held writes are issued on `r`.
-  void open(io::Reactor& r) { let_through(r, true); }
+  // Opens the gate; the held writes are issued, each on its own reactor.
+  void open() { let_through(true); }
   // Issues the writes held so far; later ones are held again.
-  void release_held(io::Reactor& r) { let_through(r, false); }
+  void release_held() { let_through(false); }
   int held() const { return held_.load(); }
 
  private:
-  void let_through(io::Reactor& r, bool open) {
-    std::vector<std::function<void()>> go;
+  struct Held {
+    io::Reactor* reactor;  // the one the write was issued on
+    std::function<void()> issue;
+  };
+  void let_through(bool open) {
+    std::vector<Held> go;
     {
       std::lock_guard lk(mu_);
       open_ = open;
       go.swap(held_writes_);
     }
-    for (auto& fn : go) r.post(std::move(fn));
+    for (Held& h : go) h.reactor->post(std::move(h.issue));
   }
 
   Origin& inner_;
   std::mutex mu_;
-  bool open_ = true;
-  std::vector<std::function<void()>> held_writes_;
+  bool open_ = true;                // guarded by mu_
+  std::vector<Held> held_writes_;  // guarded by mu_
   std::atomic<int> held_{0};
 };
 
@@ -121,7 +132,7 @@ class WritebackIsolationTest : public ::testing::Test {
     cache_ = std::move(c).value();
   }
   void TearDown() override {
-    if (gated_) gated_->open(rt_.reactor());
+    if (gated_) gated_->open();
     if (cache_) {
       EXPECT_TRUE(cache_->close().is_ok());
     }
@@ -185,12 +196,12 @@ TEST_F(WritebackIsolationTest, CacheHitsAndWritesDoNotWaitForAStalledWriteback) 
 
   // The writeback finishes (the next one is held at the gate again); the
   // block was rewritten meanwhile, so it must still be dirty.
-  gated_->release_held(rt_.reactor());
+  gated_->release_held();
   ASSERT_TRUE(wait_for([&] { return engine().stats().bytes_written_back >= kBlock; }, 5000));
   EXPECT_GT(engine().stats().dirty_bytes, 0u) << "a block rewritten during its writeback was marked clean";
   EXPECT_EQ(origin_at(0, kBlock), *v1);  // the first writeback wrote v1
 
-  gated_->open(rt_.reactor());
+  gated_->open();
   engine().request_full_writeback();
   ASSERT_TRUE(wait_for([&] { return engine().stats().dirty_bytes == 0; }, 5000));
   EXPECT_EQ(origin_at(0, kBlock), *v2) << "the origin lacks the newest data";
@@ -214,7 +225,7 @@ TEST_F(WritebackIsolationTest, WritethroughWriteWaitsForTheWritebackOfItsBlock) 
   EXPECT_EQ(w2->load(), -1) << "a writethrough write raced the writeback of its block";
   EXPECT_EQ(gated_->held(), 1) << "the writethrough write reached the origin during the writeback";
 
-  gated_->open(rt_.reactor());
+  gated_->open();
   ASSERT_TRUE(wait_for([&] { return w2->load() == 0; }, 5000));
   ASSERT_TRUE(wait_for([&] { return engine().stats().dirty_bytes == 0; }, 5000));
   EXPECT_EQ(origin_at(kBlock, kBlock), *v2) << "the older writeback overwrote the newer write";
