@@ -6,7 +6,8 @@
 #   build-asan   g++ with AddressSanitizer + UndefinedBehaviorSanitizer:
 #                the same tests but the VM ones (the plain build runs those)
 #   build-tsan   g++ with ThreadSanitizer: the unit (engine included) and
-#                metadata-log suites; suppressions in tests/tsan.supp
+#                metadata-log suites, but for their one-thread tests;
+#                suppressions in tests/tsan.supp
 #   build-fuzz   clang + libFuzzer (+ASan/UBSan): short fuzzing runs
 # Ends with one line "tests: N passed, N failed, N skipped".
 #
@@ -93,7 +94,7 @@ if [ $quick -eq 0 ]; then
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
   setup build-tsan --buildtype=debug -Db_sanitize=thread -Db_lundef=false \
     -Dbenchmarks=disabled -Dwerror=true
-  run_tests build-tsan --suite unit --suite metalog --timeout-multiplier 3
+  run_tests build-tsan --suite unit --suite metalog --no-suite one-thread --timeout-multiplier 3
 
   echo "== build-fuzz: clang + libFuzzer"
   if [ ! -f build-fuzz/build.ninja ]; then
