@@ -174,11 +174,11 @@ class SlotTable::Locked {
   // Writeback of `r` is durable on the origin: clean, unless the slot
   // changed since begin_writeback().
   void mark_written_back(CacheBlock cb, OriginBlock ob, SubBlockRange r, bool changed);
-  // A write is about to change the origin under the clean sub-blocks of
-  // `mask` (write-through, passthrough, WRITE_ZEROES): those stop being
-  // valid now, before the write is issued, so that a crash in between never
-  // leaves a "clean" copy that differs from the origin (a process crash
-  // keeps clean data, rule 14). Dirty sub-blocks are left alone: they are
+  // A write is about to change the clean sub-blocks of `mask` in place
+  // (writeback) or the origin under them (writethrough, passthrough,
+  // WRITE_ZEROES): those stop being valid now, before the write is issued,
+  // so that a crash in between never leaves a "clean" copy that differs
+  // from the origin (a process crash keeps clean data, rule 14). Dirty sub-blocks are left alone: they are
   // the newer copy. The slot stays mapped even with nothing valid left (the
   // caller holds the block's lock and applies the write's outcome next).
   void forget_clean(CacheBlock cb, const SubBlockMask& mask);

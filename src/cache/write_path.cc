@@ -157,6 +157,11 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
   const uint64_t origin_off = p.ob.value() * ctx_.bs + uint64_t{subs.first} * kSub;
   io::Reactor& r = *req->r;
   const WriteFlags oflags{fua, true, false};
+  // The write overwrites its sub-blocks in place (writeback), or the origin
+  // under them (writethrough, passthrough): their clean cached copy stops
+  // being valid first, so that no crash can leave a "clean" copy that
+  // differs from the origin (slot_table.h, forget_clean).
+  if (!fresh) ctx_.slots.lock().forget_clean(cb, SubBlockMask::of(subs));
 
   if (m == Mode::kWriteback) {
     ctx_.dev.write(r, cb, subs.first * kSub, data, fua,
@@ -174,7 +179,6 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
                      log::warn("cache device write failed ({}); writing origin block {} through "
                                "to the origin instead",
                                st.to_string(), p.ob.value());
-                     if (!fresh) ctx_.slots.lock().forget_clean(cb, SubBlockMask::of(p.subs()));
                      ctx_.write_origin(
                          *req, p.ob, origin_off, data, oflags,
                          [this, req, p, cb, fresh, had_dirty, keep,
@@ -196,9 +200,7 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
   }
 
   // Writethrough and passthrough: the merged sub-blocks go to the origin
-  // (and, in writethrough, to the cache as well). Their clean cached copy
-  // stops being valid first.
-  if (!fresh) ctx_.slots.lock().forget_clean(cb, SubBlockMask::of(subs));
+  // (and, in writethrough, to the cache as well).
   auto origin_st = std::make_shared<Status>();
   auto cache_res = std::make_shared<IoResult>(IoResult::kNotTried);
   auto join = Join::make([this, &r, p, m, cb, fresh, had_dirty, keep, origin_st, cache_res,
