@@ -145,12 +145,49 @@ Status Server::bind_unix() {
     return Status::system_error(err, fmt::format("cannot bind unix socket '{}'", path));
   }
   unlink_socket_ = true;
+  // Owner, group and mode are set before listen(): until then every
+  // connect() is refused, so no client ever reaches the socket under the
+  // looser mode bind() gave it.
+  if (Status perm = set_socket_permissions(); !perm.is_ok()) {
+    ::close(fd);
+    return perm;
+  }
   if (::listen(fd, 128) != 0) {
     int err = errno;
     ::close(fd);
     return Status::system_error(err, fmt::format("cannot listen on '{}'", path));
   }
   listen_fds_.push_back(fd);
+  return Status::ok();
+}
+
+Status Server::set_socket_permissions() {
+  const std::string& path = options_.socket_path;
+  mode_t mode;
+  if (options_.socket_mode) {
+    mode = *options_.socket_mode;
+  } else if (options_.socket_gid) {
+    mode = 0660;
+  } else {
+    // bind() made it 0777 less the umask; only o+w is taken away.
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+      return Status::system_error(errno, fmt::format("cannot stat unix socket '{}'", path));
+    }
+    mode = st.st_mode & 0777 & ~mode_t{S_IWOTH};
+  }
+  if ((mode & ~mode_t{0777}) != 0 || (mode & S_IWOTH) != 0) {
+    return Status::invalid_argument(
+        fmt::format("socket mode {:04o} for '{}' is not allowed (at most 0777, never o+w)", mode, path));
+  }
+  // chown first: a chown by a non-root owner may clear mode bits.
+  if (options_.socket_gid && ::lchown(path.c_str(), static_cast<uid_t>(-1), *options_.socket_gid) != 0) {
+    return Status::system_error(
+        errno, fmt::format("cannot give unix socket '{}' group {}", path, *options_.socket_gid));
+  }
+  if (::chmod(path.c_str(), mode) != 0) {
+    return Status::system_error(errno, fmt::format("cannot make unix socket '{}' mode {:04o}", path, mode));
+  }
   return Status::ok();
 }
 
