@@ -1,13 +1,9 @@
 // `rbdcache serve`: export an origin over NBD.
-#include <grp.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <string>
 #include <thread>
-#include <vector>
 
 #include "cli/commands.h"
 #include "cache/attach.h"
@@ -63,46 +59,6 @@ std::string check_origin_uri(const std::string& v) {
     return uri.is_ok() ? std::string() : uri.status().message();
   }
   return "expected file:PATH, rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE, got '" + v + "'";
-}
-
-// --socket-mode: an octal mode such as 0660 or 660. Empty error when `v` is
-// acceptable (and `mode` set), otherwise why not.
-std::string parse_socket_mode(const std::string& v, mode_t& mode) {
-  if (v.empty() || v.size() > 4 || v.find_first_not_of("01234567") != std::string::npos) {
-    return "expected an octal mode of at most 0777 such as 0660, got '" + v + "'";
-  }
-  mode = static_cast<mode_t>(std::stoul(v, nullptr, 8));
-  if (mode > 0777) return "expected an octal mode of at most 0777 such as 0660, got '" + v + "'";
-  if (mode & S_IWOTH) {
-    return fmt::format(
-        "socket mode {:04o} is world-writable: every user on the host could read and write the "
-        "disk; give the clients' group --socket-group GROUP and --socket-mode 0660 instead",
-        mode);
-  }
-  return {};
-}
-
-// --socket-group: a group name, else a numeric gid; empty for none (`gid`
-// untouched). Empty error when the group exists (and `gid` is set) or `v`
-// is empty, otherwise why not.
-std::string parse_socket_group(const std::string& v, gid_t& gid) {
-  if (v.empty()) return {};  // no group change, as without the option
-  std::vector<char> buf(16384);
-  group grp{};
-  group* found = nullptr;
-  if (::getgrnam_r(v.c_str(), &grp, buf.data(), buf.size(), &found) == 0 && found != nullptr) {
-    gid = found->gr_gid;
-    return {};
-  }
-  if (v.find_first_not_of("0123456789") == std::string::npos && v.size() <= 10) {
-    unsigned long n = std::stoul(v);
-    if (n < static_cast<gid_t>(-1)) {
-      gid = static_cast<gid_t>(n);
-      return {};
-    }
-  }
-  return "no group '" + v + "' on this host (see getent group; libvirt's QEMU group is "
-         "libvirt-qemu on Debian, qemu on Fedora)";
 }
 
 // Opens the origin named by a URI such as file:/var/lib/img.raw or
@@ -279,10 +235,10 @@ int serve(const ServeArgs& args) {
   nbd::ServerOptions opts;
   opts.socket_path = args.socket;
   // Both were validated while the command line was parsed.
-  if (mode_t m = 0; !args.socket_mode.empty() && parse_socket_mode(args.socket_mode, m).empty()) {
+  if (mode_t m = 0; !args.socket_mode.empty() && nbd::parse_socket_mode(args.socket_mode, m).is_ok()) {
     opts.socket_mode = m;
   }
-  if (gid_t g = 0; !args.socket_group.empty() && parse_socket_group(args.socket_group, g).empty()) {
+  if (gid_t g = 0; !args.socket_group.empty() && nbd::parse_socket_group(args.socket_group, g).is_ok()) {
     opts.socket_gid = g;
   }
   if (!args.listen.empty()) opts.listen = args.listen;
@@ -406,7 +362,8 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             mode_t m = 0;
-            return parse_socket_mode(v, m);
+            Status st = nbd::parse_socket_mode(v, m);
+            return st.is_ok() ? std::string() : st.message();
           },
           "", "socket mode"))
       ->needs(socket)
@@ -419,7 +376,8 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             gid_t g = 0;
-            return parse_socket_group(v, g);
+            Status st = nbd::parse_socket_group(v, g);
+            return st.is_ok() ? std::string() : st.message();
           },
           "", "socket group"))
       ->needs(socket)

@@ -1,5 +1,6 @@
 #include "nbd/server.h"
 
+#include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,7 +11,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "util/log.h"
 
@@ -59,6 +62,49 @@ Status parse_listen_address(const std::string& spec, std::string& host, std::str
     return Status::invalid_argument(fmt::format("bad --listen port in '{}'", spec));
   }
   return Status::ok();
+}
+
+Status parse_socket_mode(const std::string& v, mode_t& mode) {
+  if (v.empty() || v.size() > 4 || v.find_first_not_of("01234567") != std::string::npos ||
+      std::stoul(v, nullptr, 8) > 0777) {
+    return Status::invalid_argument(
+        fmt::format("expected an octal mode of at most 0777 such as 0660, got '{}'", v));
+  }
+  auto m = static_cast<mode_t>(std::stoul(v, nullptr, 8));
+  if (m & S_IWOTH) {
+    return Status::invalid_argument(fmt::format(
+        "socket mode {:04o} is world-writable: every user on the host could read and write the "
+        "disk; give the clients' group --socket-group GROUP and --socket-mode 0660 instead",
+        m));
+  }
+  mode = m;
+  return Status::ok();
+}
+
+Status parse_socket_group(const std::string& v, gid_t& gid) {
+  if (v.empty()) return Status::ok();  // no group change, as without the option
+  std::vector<char> buf(16384);
+  group grp{};
+  group* found = nullptr;
+  int err;
+  // A group with many members needs a larger buffer.
+  while ((err = ::getgrnam_r(v.c_str(), &grp, buf.data(), buf.size(), &found)) == ERANGE &&
+         buf.size() < (16u << 20)) {
+    buf.resize(buf.size() * 2);
+  }
+  if (err == 0 && found != nullptr) {
+    gid = found->gr_gid;
+    return Status::ok();
+  }
+  if (v.find_first_not_of("0123456789") == std::string::npos && v.size() <= 10 &&
+      std::stoul(v) < static_cast<gid_t>(-1)) {
+    gid = static_cast<gid_t>(std::stoul(v));
+    return Status::ok();
+  }
+  return Status::invalid_argument(fmt::format(
+      "no group '{}' on this host (see getent group; libvirt's QEMU group is libvirt-qemu on "
+      "Debian, qemu on Fedora)",
+      v));
 }
 
 Server::Server(Origin& origin, ExportInfo exp, ServerOptions options)

@@ -49,6 +49,15 @@ struct ServerOptions {
 // A missing address means loopback (127.0.0.1).
 Status parse_listen_address(const std::string& spec, std::string& host, std::string& port);
 
+// Parses a --socket-mode value: octal, as 0660 or 660, at most 0777 and
+// never world-writable (o+w). Sets `mode` when it is acceptable.
+[[nodiscard]] Status parse_socket_mode(const std::string& v, mode_t& mode);
+
+// Parses a --socket-group value: a group name, else a numeric gid. Sets
+// `gid` when the group exists; empty `v` means no group and is accepted
+// with `gid` untouched.
+[[nodiscard]] Status parse_socket_group(const std::string& v, gid_t& gid);
+
 // Resolves a listen address (as parse_listen_address) for bind(): the
 // addresses getaddrinfo() gives, first to last. `what` names the option in
 // errors, e.g. "--listen".
