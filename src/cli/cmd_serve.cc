@@ -33,6 +33,8 @@ struct ServeArgs {
   double commit_interval = 1;
   std::string origin;
   std::string socket;
+  std::string socket_mode;   // octal, e.g. "0660"; empty for the default
+  std::string socket_group;  // a group name or a numeric gid; empty for none
   std::string config;
   std::string control;
   bool no_control = false;
@@ -232,6 +234,13 @@ int serve(const ServeArgs& args) {
 
   nbd::ServerOptions opts;
   opts.socket_path = args.socket;
+  // Both were validated while the command line was parsed.
+  if (mode_t m = 0; !args.socket_mode.empty() && nbd::parse_socket_mode(args.socket_mode, m).is_ok()) {
+    opts.socket_mode = m;
+  }
+  if (gid_t g = 0; !args.socket_group.empty() && nbd::parse_socket_group(args.socket_group, g).is_ok()) {
+    opts.socket_gid = g;
+  }
   if (!args.listen.empty()) opts.listen = args.listen;
   opts.threads = args.threads != 0 ? args.threads : std::max(1u, std::thread::hardware_concurrency());
   opts.handshake_timeout =
@@ -333,7 +342,9 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       "then /etc/ceph/ceph.client.ID.keyring. If `rbd ls POOL` works, so does rbd:POOL/IMAGE.\n\n"
       "Examples:\n"
       "  rbdcache serve --origin file:/var/lib/images/vm1.raw --socket /run/rbdcache/vm1.sock\n"
-      "  rbdcache serve --origin rbd:rbd/vm1 --ceph-id rbdcache --socket /run/rbdcache/vm1.sock\n");
+      "  rbdcache serve --origin rbd:rbd/vm1 --ceph-id rbdcache --socket /run/rbdcache/vm1.sock\n"
+      "  rbdcache serve --origin rbd:rbd/vm1 --socket /run/rbdcache/vm1.sock \\\n"
+      "      --socket-group libvirt-qemu --socket-mode 0660   (QEMU run by libvirt on Debian)\n");
   cmd->add_option("--origin", args->origin,
                   "The image to export: file:PATH (a regular file or a block device), or\n"
                   "rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE (a Ceph RBD image; no @snapshot)")
@@ -341,11 +352,40 @@ void add_serve_command(CLI::App& app, int& exit_code) {
       ->check(CLI::Validator([](std::string& v) -> std::string { return check_origin_uri(v); }, "",
                              "origin URI"))
       ->type_name("URI");
-  cmd->add_option("--socket", args->socket, "Listen on this unix socket path (a stale socket is replaced)")
-      ->type_name("PATH");
+  auto* socket = cmd->add_option("--socket", args->socket,
+                                 "Listen on this unix socket path (a stale socket is replaced)")
+                     ->type_name("PATH");
+  cmd->add_option("--socket-mode", args->socket_mode,
+                  "The NBD socket's mode, in octal: 0660 lets the owner and --socket-group\n"
+                  "connect. Never world-writable (o+w is refused). Default: 0660 with\n"
+                  "--socket-group, else 0777 less the umask, without o+w")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            mode_t m = 0;
+            Status st = nbd::parse_socket_mode(v, m);
+            return st.is_ok() ? std::string() : st.message();
+          },
+          "", "socket mode"))
+      ->needs(socket)
+      ->type_name("MODE");
+  cmd->add_option("--socket-group", args->socket_group,
+                  "Give the NBD socket this group (a name or a numeric gid), so that a client\n"
+                  "running as a member can connect, e.g. QEMU run by libvirt: --socket-group\n"
+                  "libvirt-qemu --socket-mode 0660 on Debian. The control socket stays\n"
+                  "owner-only")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            gid_t g = 0;
+            Status st = nbd::parse_socket_group(v, g);
+            return st.is_ok() ? std::string() : st.message();
+          },
+          "", "socket group"))
+      ->needs(socket)
+      ->type_name("GROUP");
   cmd->add_option("--control", args->control,
                   "The control socket for 'rbdcache status', 'flush', 'mode', 'invalidate' and\n"
-                  "'release' (mode 0600; default: the --socket path with .sock replaced by .ctl)")
+                  "'release' (mode 0600 and the server's group, whatever --socket-mode and\n"
+                  "--socket-group say; default: the --socket path with .sock replaced by .ctl)")
       ->type_name("PATH");
   cmd->add_flag("--no-control", args->no_control, "Open no control socket");
   cmd->add_option("--metrics", args->metrics,

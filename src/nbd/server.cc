@@ -1,5 +1,6 @@
 #include "nbd/server.h"
 
+#include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,7 +11,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "util/log.h"
 
@@ -59,6 +62,49 @@ Status parse_listen_address(const std::string& spec, std::string& host, std::str
     return Status::invalid_argument(fmt::format("bad --listen port in '{}'", spec));
   }
   return Status::ok();
+}
+
+Status parse_socket_mode(const std::string& v, mode_t& mode) {
+  if (v.empty() || v.size() > 4 || v.find_first_not_of("01234567") != std::string::npos ||
+      std::stoul(v, nullptr, 8) > 0777) {
+    return Status::invalid_argument(
+        fmt::format("expected an octal mode of at most 0777 such as 0660, got '{}'", v));
+  }
+  auto m = static_cast<mode_t>(std::stoul(v, nullptr, 8));
+  if (m & S_IWOTH) {
+    return Status::invalid_argument(fmt::format(
+        "socket mode {:04o} is world-writable: every user on the host could read and write the "
+        "disk; give the clients' group --socket-group GROUP and --socket-mode 0660 instead",
+        m));
+  }
+  mode = m;
+  return Status::ok();
+}
+
+Status parse_socket_group(const std::string& v, gid_t& gid) {
+  if (v.empty()) return Status::ok();  // no group change, as without the option
+  std::vector<char> buf(16384);
+  group grp{};
+  group* found = nullptr;
+  int err;
+  // A group with many members needs a larger buffer.
+  while ((err = ::getgrnam_r(v.c_str(), &grp, buf.data(), buf.size(), &found)) == ERANGE &&
+         buf.size() < (16u << 20)) {
+    buf.resize(buf.size() * 2);
+  }
+  if (err == 0 && found != nullptr) {
+    gid = found->gr_gid;
+    return Status::ok();
+  }
+  if (v.find_first_not_of("0123456789") == std::string::npos && v.size() <= 10 &&
+      std::stoul(v) < static_cast<gid_t>(-1)) {
+    gid = static_cast<gid_t>(std::stoul(v));
+    return Status::ok();
+  }
+  return Status::invalid_argument(fmt::format(
+      "no group '{}' on this host (see getent group; libvirt's QEMU group is libvirt-qemu on "
+      "Debian, qemu on Fedora)",
+      v));
 }
 
 Server::Server(Origin& origin, ExportInfo exp, ServerOptions options)
@@ -145,12 +191,49 @@ Status Server::bind_unix() {
     return Status::system_error(err, fmt::format("cannot bind unix socket '{}'", path));
   }
   unlink_socket_ = true;
+  // Owner, group and mode are set before listen(): until then every
+  // connect() is refused, so no client ever reaches the socket under the
+  // looser mode bind() gave it.
+  if (Status perm = set_socket_permissions(); !perm.is_ok()) {
+    ::close(fd);
+    return perm;
+  }
   if (::listen(fd, 128) != 0) {
     int err = errno;
     ::close(fd);
     return Status::system_error(err, fmt::format("cannot listen on '{}'", path));
   }
   listen_fds_.push_back(fd);
+  return Status::ok();
+}
+
+Status Server::set_socket_permissions() {
+  const std::string& path = options_.socket_path;
+  mode_t mode;
+  if (options_.socket_mode) {
+    mode = *options_.socket_mode;
+  } else if (options_.socket_gid) {
+    mode = 0660;
+  } else {
+    // bind() made it 0777 less the umask; only o+w is taken away.
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+      return Status::system_error(errno, fmt::format("cannot stat unix socket '{}'", path));
+    }
+    mode = st.st_mode & 0777 & ~mode_t{S_IWOTH};
+  }
+  if ((mode & ~mode_t{0777}) != 0 || (mode & S_IWOTH) != 0) {
+    return Status::invalid_argument(
+        fmt::format("socket mode {:04o} for '{}' is not allowed (at most 0777, never o+w)", mode, path));
+  }
+  // chown first: a chown by a non-root owner may clear mode bits.
+  if (options_.socket_gid && ::lchown(path.c_str(), static_cast<uid_t>(-1), *options_.socket_gid) != 0) {
+    return Status::system_error(
+        errno, fmt::format("cannot give unix socket '{}' group {}", path, *options_.socket_gid));
+  }
+  if (::chmod(path.c_str(), mode) != 0) {
+    return Status::system_error(errno, fmt::format("cannot make unix socket '{}' mode {:04o}", path, mode));
+  }
   return Status::ok();
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <netdb.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
@@ -28,6 +29,12 @@ namespace rbdcache::nbd {
 
 struct ServerOptions {
   std::string socket_path;                // unix socket; empty for none
+  // The unix socket's permission bits (at most 0777, never o+w). Without
+  // it: 0660 when socket_gid is set, else what bind() gives under the
+  // process umask, with o+w cleared.
+  std::optional<mode_t> socket_mode;
+  // The unix socket's group; without it the process's group.
+  std::optional<gid_t> socket_gid;
   std::optional<std::string> listen;      // TCP "ADDR:PORT" or "PORT"; loopback if no ADDR
   unsigned threads = 1;
   // A client that has not finished the handshake within this is dropped.
@@ -41,6 +48,15 @@ struct ServerOptions {
 // Splits a --listen value: "ADDR:PORT", "[V6ADDR]:PORT", ":PORT" or "PORT".
 // A missing address means loopback (127.0.0.1).
 Status parse_listen_address(const std::string& spec, std::string& host, std::string& port);
+
+// Parses a --socket-mode value: octal, as 0660 or 660, at most 0777 and
+// never world-writable (o+w). Sets `mode` when it is acceptable.
+[[nodiscard]] Status parse_socket_mode(const std::string& v, mode_t& mode);
+
+// Parses a --socket-group value: a group name, else a numeric gid. Sets
+// `gid` when the group exists; empty `v` means no group and is accepted
+// with `gid` untouched.
+[[nodiscard]] Status parse_socket_group(const std::string& v, gid_t& gid);
 
 // Resolves a listen address (as parse_listen_address) for bind(): the
 // addresses getaddrinfo() gives, first to last. `what` names the option in
@@ -81,6 +97,8 @@ class Server {
   };
 
   Status bind_unix();
+  // Applies socket_mode and socket_gid (or the default) to the bound path.
+  [[nodiscard]] Status set_socket_permissions();
   Status bind_tcp();
   void accept_loop(int listen_fd, bool is_tcp);
   void adopt(int fd, bool is_tcp);
