@@ -23,6 +23,20 @@ std::string utc_now() {
   return buf;
 }
 
+// EEXIST: `rec`, another cache, may hold writes the image lacks.
+Status others_dirty_refusal(SharedImage& image, const ImageCacheRecord& rec) {
+  auto holder = image.lock_holder();
+  std::string lock = holder.is_ok() && !holder->empty()
+                         ? fmt::format("RBD image is locked by {}; ", holder.value())
+                         : std::string();
+  return Status::from_errno(EEXIST, fmt::format(
+      "{}{} recorded at {} that it may hold writes this image does not have yet (state "
+      "dirty, epoch {}). Run 'rbdcache flush' there first. If that cache is lost for good, "
+      "--force attaches anyway: its unflushed writes are then lost, and it must never be "
+      "attached to this image again without --force",
+      lock, rec.who(), rec.updated.empty() ? "an unknown time" : rec.updated, rec.epoch));
+}
+
 }  // namespace
 
 std::string ImageCacheRecord::who() const {
@@ -66,22 +80,21 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
 
   // 1. Another cache's dirty data. Checked before taking the lock, which
   // can take up to the OSDs' watch timeout (30 s) when its holder died.
+  // A cache that takes no lock (passthrough or writethrough, nothing dirty
+  // here) may attach beside it: it writes only to the image, like any
+  // cooperating librbd client, and leaves the other cache's record alone.
+  const bool takes_lock = opts.mode == Mode::kWriteback || dirty_blocks > 0;
   const bool others_dirty = rec->present() && rec->cache != uuid && rec->state == "dirty";
-  if (others_dirty && !opts.force) {
-    auto holder = image.lock_holder();
-    std::string lock = holder.is_ok() && !holder->empty()
-                           ? fmt::format("RBD image is locked by {}; ", holder.value())
-                           : std::string();
-    return Status::from_errno(EEXIST, fmt::format(
-        "{}{} recorded at {} that it may hold writes this image does not have yet (state "
-        "dirty, epoch {}). Run 'rbdcache flush' there first. If that cache is lost for good, "
-        "--force attaches anyway: its unflushed writes are then lost, and it must never be "
-        "attached to this image again without --force",
-        lock, rec->who(), rec->updated.empty() ? "an unknown time" : rec->updated, rec->epoch));
+  if (others_dirty && !opts.force && takes_lock) return others_dirty_refusal(image, *rec);
+  const bool beside = others_dirty && !opts.force;
+  if (beside) {
+    log::info("{} may hold writes this image does not have yet (state dirty); attaching in {} "
+              "mode beside it, taking no lock and leaving its record in the image",
+              rec->who(), mode_name(opts.mode));
   }
 
   // 2. The lock: nothing below may race another writer.
-  if (opts.mode == Mode::kWriteback || dirty_blocks > 0) {
+  if (takes_lock) {
     Status st = image.acquire_exclusive_lock();
     if (!st.is_ok()) {
       if (st.err() == EBUSY && rec->present() && rec->cache != uuid) {
@@ -111,7 +124,9 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
 
   auto own = std::unique_ptr<CacheOwnership>(new CacheOwnership(
       image, uuid, opts.host, std::max(rec->epoch, sb.cache_epoch) + 1));
-  own->claimed_ = opts.mode == Mode::kWriteback || dirty_blocks > 0;
+  own->claimed_ = takes_lock;
+  own->beside_ = beside;
+  own->force_ = opts.force;
   own->snapshot_ = snapshot_name(sb.uuid);
 
   // 3. Stale clean blocks: what changed since this cache let go of the image.
@@ -152,6 +167,9 @@ void CacheOwnership::attached() {
 
 Status CacheOwnership::record_state(Mode mode, uint64_t dirty) {
   const bool clean = dirty == 0 && mode != Mode::kWriteback;
+  // Beside another cache's dirty record, without the lock: that record is
+  // the one that matters, and stays.
+  if (beside_ && !claimed_) return Status::ok();
   return image_.set_metadata({
       {std::string(kPrefix) + "cache", uuid_},
       {std::string(kPrefix) + "host", host_},
@@ -164,8 +182,16 @@ Status CacheOwnership::record_state(Mode mode, uint64_t dirty) {
 
 Status CacheOwnership::ensure_lock() {
   if (holds_lock()) return Status::ok();
+  // The same rule as at attach: never claim an image that another cache
+  // may hold unflushed writes for (it may have stopped since, lock free).
+  auto rec = read_record(image_);
+  if (!rec.is_ok()) return rec.status();
+  if (rec->present() && rec->cache != uuid_ && rec->state == "dirty" && !force_) {
+    return others_dirty_refusal(image_, *rec);
+  }
   RBDCACHE_RETURN_IF_ERROR(image_.acquire_exclusive_lock());
   claimed_ = true;
+  beside_ = false;
   return Status::ok();
 }
 

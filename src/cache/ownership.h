@@ -11,9 +11,12 @@
 //     the image lacks; it is written at attach in writeback mode and cleared
 //     only by a completed flush out of writeback mode or a clean detach with
 //     nothing dirty.
-//   - Attaching is refused (unless forced) when the metadata says another
-//     cache may hold dirty data, or when this cache holds dirty data but
-//     another cache has attached to the image since this one last did.
+//   - Taking the lock (writeback mode, or dirty data at attach) is refused
+//     (unless forced) when the metadata says another cache may hold dirty
+//     data; attaching is refused when this cache holds dirty data but
+//     another cache has attached to the image since this one last did. A
+//     cache in passthrough or writethrough with nothing dirty attaches
+//     beside another cache's dirty record and leaves it in place.
 //   - A clean detach leaves a snapshot "rbdcache.<cache uuid>" of the image.
 //     The next attach diffs the image against it and drops the clean cached
 //     blocks that changed meanwhile, then deletes it. Without that snapshot
@@ -77,7 +80,8 @@ class CacheOwnership {
   // new dirty data.
   [[nodiscard]] Status record_state(Mode mode, uint64_t dirty_bytes);
 
-  // Before writeback mode: takes the exclusive lock unless held.
+  // Before writeback mode: takes the exclusive lock unless held. Refused
+  // (EEXIST) while another cache's record says dirty, unless forced.
   [[nodiscard]] Status ensure_lock();
   // Gives the lock up; refused while anything is dirty or in writeback mode.
   [[nodiscard]] Status release(Mode mode, uint64_t dirty_bytes);
@@ -105,6 +109,10 @@ class CacheOwnership {
   std::string snapshot_;
   bool remove_snapshot_ = false;
   bool claimed_ = false;  // the lock was taken explicitly
+  bool force_ = false;    // Options::force
+  // Attached (without the lock) beside another cache's dirty record, which
+  // record_state() then leaves in place until this cache takes the lock.
+  bool beside_ = false;
 };
 
 }  // namespace rbdcache::cache
