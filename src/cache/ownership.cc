@@ -130,10 +130,14 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
   own->snapshot_ = snapshot_name(sb.uuid);
 
   // 3. Stale clean blocks: what changed since this cache let go of the image.
+  // Without the lock the image may change on: the snapshot stays as the
+  // anchor, and taking the lock diffs again (stale_since_anchor()).
+  own->coherent_ = takes_lock;
   auto exists = image.snapshot_exists(own->snapshot_);
   if (!exists.is_ok()) return exists.status();
   if (*exists) {
-    own->remove_snapshot_ = true;
+    own->remove_snapshot_ = takes_lock;
+    own->anchor_ = !takes_lock;
     if (valid_blocks > 0) {
       auto changed = image.changed_since(own->snapshot_);
       if (!changed.is_ok()) return changed.status();
@@ -195,20 +199,50 @@ Status CacheOwnership::ensure_lock() {
   return Status::ok();
 }
 
-Status CacheOwnership::release(Mode mode, uint64_t dirty_bytes) {
+Status CacheOwnership::release(Mode mode, uint64_t dirty_bytes,
+                               const std::function<void()>& stop_clean_hits) {
   if (mode == Mode::kWriteback || dirty_bytes > 0) {
     return Status::from_errno(EBUSY, fmt::format(
         "cannot release the image: {} bytes are dirty and the mode is {}; run "
         "'rbdcache flush --wait --then passthrough' first", dirty_bytes, mode_name(mode)));
   }
   RBDCACHE_RETURN_IF_ERROR(record_state(mode, 0));
+  if (coherent_ && holds_lock()) {
+    // The cache is current now, under the lock: the anchor for next time.
+    Status st = image_.remove_snapshot(snapshot_);
+    if (st.is_ok()) st = image_.create_snapshot(snapshot_);
+    anchor_ = st.is_ok();
+    if (!st.is_ok()) {
+      log::warn("{}; taking the lock again will drop every clean cached block", st.to_string());
+    }
+  }
+  coherent_ = false;
+  stop_clean_hits();
   RBDCACHE_RETURN_IF_ERROR(image_.release_exclusive_lock());
   claimed_ = false;
   return Status::ok();
 }
 
+Result<std::optional<std::vector<ByteExtent>>> CacheOwnership::stale_since_anchor() {
+  if (!anchor_) return std::optional<std::vector<ByteExtent>>();
+  auto changed = image_.changed_since(snapshot_);
+  if (!changed.is_ok()) return changed.status();
+  return std::optional<std::vector<ByteExtent>>(std::move(changed).value());
+}
+
+void CacheOwnership::reconciled() {
+  if (anchor_) {
+    Status st = image_.remove_snapshot(snapshot_);
+    if (!st.is_ok()) log::warn("{}", st.to_string());
+    anchor_ = false;
+  }
+  coherent_ = true;
+}
+
 void CacheOwnership::detach(uint64_t valid_blocks, uint64_t dirty_blocks) {
-  if (valid_blocks > 0) {
+  // Not coherent: the cache was current at its anchor, if it has one, and
+  // not necessarily now; without one, the next attach drops every clean block.
+  if (valid_blocks > 0 && coherent_) {
     Status st = image_.remove_snapshot(snapshot_);
     if (st.is_ok()) st = image_.create_snapshot(snapshot_);
     if (!st.is_ok()) {
