@@ -53,7 +53,7 @@ expect_clean_exit "B, first visit"
 
 log "2. the VM runs on A"
 serve "$CACHE_A" "$META_A" writeback
-PID_A=$PID URI_A=$U CTL_A=$C LOG_A=$L
+PID_A=$PID URI_A=$U CTL_A=$C
 qemu_io "$URI_A" -c 'read -P 0xb1 0 1M' -c 'write -P 0xa1 8M 1M' -c flush -c 'read -P 0xa1 8M 1M'
 
 log "3. back to B"
