@@ -99,6 +99,11 @@ Result<std::unique_ptr<AttachedCache>> AttachedCache::open(Origin& origin, const
   auto engine = CacheEngine::create(origin, *c->log_, *c->dev_, opts.engine);
   if (!engine.is_ok()) return engine.status();
   c->engine_ = std::move(engine).value();
+  c->engine_->set_clean_hits(c->ownership_ == nullptr || c->ownership_->coherent());
+  if (c->ownership_ && !c->ownership_->coherent()) {
+    log::info("the cache serves no clean cached data until it holds the image's exclusive lock "
+              "(mode writeback)");
+  }
   if (plan.drop_clean) {
     log::warn("dropping clean cached blocks before serving: {}", plan.reason);
     std::optional<std::vector<ByteExtent>> which;
@@ -113,6 +118,35 @@ Result<std::unique_ptr<AttachedCache>> AttachedCache::open(Origin& origin, const
   }
   if (c->ownership_) c->ownership_->attached();
   return c;
+}
+
+Status AttachedCache::take_lock() {
+  if (!ownership_) return Status::ok();
+  RBDCACHE_RETURN_IF_ERROR(ownership_->ensure_lock());
+  if (ownership_->coherent()) return Status::ok();
+  auto stale = ownership_->stale_since_anchor();
+  if (!stale.is_ok()) return stale.status();
+  uint64_t bytes = 0;
+  if (*stale) {
+    for (const auto& e : **stale) bytes += e.length;
+  }
+  if (!*stale || bytes > 0) {
+    log::warn("dropping clean cached blocks before serving them: {}",
+              *stale ? fmt::format("{} bytes of the image were written since this cache last "
+                                   "held its lock", bytes)
+                     : std::string("the cache has no snapshot of when it last held the lock"));
+    auto dropped = engine_->invalidate(*stale, false);
+    if (!dropped.is_ok()) return dropped.status();
+  }
+  ownership_->reconciled();
+  engine_->set_clean_hits(true);
+  return Status::ok();
+}
+
+Status AttachedCache::release() {
+  if (!ownership_) return Status::invalid_argument("the origin is not a shared image");
+  const EngineStats s = engine_->stats();
+  return ownership_->release(s.mode, s.dirty_bytes, [this] { engine_->set_clean_hits(false); });
 }
 
 AttachedCache::~AttachedCache() {

@@ -46,6 +46,14 @@ class AttachedCache {
   // nullptr for an origin that is not shared (a file).
   CacheOwnership* ownership() { return ownership_.get(); }
 
+  // For a shared image (control thread, holding the control lock): takes
+  // the image's exclusive lock (CacheOwnership::ensure_lock); when the cache
+  // was not coherent, drops the clean blocks the image changed since its
+  // anchor snapshot, and only then serves clean hits again.
+  [[nodiscard]] Status take_lock();
+  // Gives the lock up (CacheOwnership::release); clean hits stop before.
+  [[nodiscard]] Status release();
+
   // Stops background work and closes the metadata log cleanly; for a shared
   // image, leaves the detach snapshot and records the final state.
   [[nodiscard]] Status close();

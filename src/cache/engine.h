@@ -97,6 +97,10 @@ class CacheEngine final : public Origin {
   // --- Control ---
   void set_mode(Mode m);
   Mode mode() const { return ctx_.mode.load(); }
+  // See EngineContext::clean_hits. Requests already running keep the value
+  // they started with.
+  void set_clean_hits(bool on) { ctx_.clean_hits.store(on); }
+  bool clean_hits() const { return ctx_.clean_hits.load(); }
   EngineStats stats() const;
   // Asks the background writer to write back every dirty block now.
   void request_full_writeback() { writeback_.request_full(); }

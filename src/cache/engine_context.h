@@ -83,6 +83,11 @@ struct EngineContext {
   SlotTable& slots;
   const EngineOptions opts;
   std::atomic<Mode> mode;
+  // Whether clean cached data may be served and reads may fill the cache.
+  // False while a shared image's cache does not hold the image's lock (or
+  // has not yet proven its clean blocks current): reads then take every
+  // sub-block that is not dirty from the origin. Set by the control thread.
+  std::atomic<bool> clean_hits{true};
   const uint32_t bs;  // cache block size
   BlockLocks locks;
   BlockLocks origin_locks;

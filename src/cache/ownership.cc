@@ -23,6 +23,20 @@ std::string utc_now() {
   return buf;
 }
 
+// EEXIST: `rec`, another cache, may hold writes the image lacks.
+Status others_dirty_refusal(SharedImage& image, const ImageCacheRecord& rec) {
+  auto holder = image.lock_holder();
+  std::string lock = holder.is_ok() && !holder->empty()
+                         ? fmt::format("RBD image is locked by {}; ", holder.value())
+                         : std::string();
+  return Status::from_errno(EEXIST, fmt::format(
+      "{}{} recorded at {} that it may hold writes this image does not have yet (state "
+      "dirty, epoch {}). Run 'rbdcache flush' there first. If that cache is lost for good, "
+      "--force attaches anyway: its unflushed writes are then lost, and it must never be "
+      "attached to this image again without --force",
+      lock, rec.who(), rec.updated.empty() ? "an unknown time" : rec.updated, rec.epoch));
+}
+
 }  // namespace
 
 std::string ImageCacheRecord::who() const {
@@ -66,22 +80,21 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
 
   // 1. Another cache's dirty data. Checked before taking the lock, which
   // can take up to the OSDs' watch timeout (30 s) when its holder died.
+  // A cache that takes no lock (passthrough or writethrough, nothing dirty
+  // here) may attach beside it: it writes only to the image, like any
+  // cooperating librbd client, and leaves the other cache's record alone.
+  const bool takes_lock = opts.mode == Mode::kWriteback || dirty_blocks > 0;
   const bool others_dirty = rec->present() && rec->cache != uuid && rec->state == "dirty";
-  if (others_dirty && !opts.force) {
-    auto holder = image.lock_holder();
-    std::string lock = holder.is_ok() && !holder->empty()
-                           ? fmt::format("RBD image is locked by {}; ", holder.value())
-                           : std::string();
-    return Status::from_errno(EEXIST, fmt::format(
-        "{}{} recorded at {} that it may hold writes this image does not have yet (state "
-        "dirty, epoch {}). Run 'rbdcache flush' there first. If that cache is lost for good, "
-        "--force attaches anyway: its unflushed writes are then lost, and it must never be "
-        "attached to this image again without --force",
-        lock, rec->who(), rec->updated.empty() ? "an unknown time" : rec->updated, rec->epoch));
+  if (others_dirty && !opts.force && takes_lock) return others_dirty_refusal(image, *rec);
+  const bool beside = others_dirty && !opts.force;
+  if (beside) {
+    log::info("{} may hold writes this image does not have yet (state dirty); attaching in {} "
+              "mode beside it, taking no lock and leaving its record in the image",
+              rec->who(), mode_name(opts.mode));
   }
 
   // 2. The lock: nothing below may race another writer.
-  if (opts.mode == Mode::kWriteback || dirty_blocks > 0) {
+  if (takes_lock) {
     Status st = image.acquire_exclusive_lock();
     if (!st.is_ok()) {
       if (st.err() == EBUSY && rec->present() && rec->cache != uuid) {
@@ -111,14 +124,20 @@ Result<std::unique_ptr<CacheOwnership>> CacheOwnership::attach(SharedImage& imag
 
   auto own = std::unique_ptr<CacheOwnership>(new CacheOwnership(
       image, uuid, opts.host, std::max(rec->epoch, sb.cache_epoch) + 1));
-  own->claimed_ = opts.mode == Mode::kWriteback || dirty_blocks > 0;
+  own->claimed_ = takes_lock;
+  own->beside_ = beside;
+  own->force_ = opts.force;
   own->snapshot_ = snapshot_name(sb.uuid);
 
   // 3. Stale clean blocks: what changed since this cache let go of the image.
+  // Without the lock the image may change on: the snapshot stays as the
+  // anchor, and taking the lock diffs again (stale_since_anchor()).
+  own->coherent_ = takes_lock;
   auto exists = image.snapshot_exists(own->snapshot_);
   if (!exists.is_ok()) return exists.status();
   if (*exists) {
-    own->remove_snapshot_ = true;
+    own->remove_snapshot_ = takes_lock;
+    own->anchor_ = !takes_lock;
     if (valid_blocks > 0) {
       auto changed = image.changed_since(own->snapshot_);
       if (!changed.is_ok()) return changed.status();
@@ -152,6 +171,9 @@ void CacheOwnership::attached() {
 
 Status CacheOwnership::record_state(Mode mode, uint64_t dirty) {
   const bool clean = dirty == 0 && mode != Mode::kWriteback;
+  // Beside another cache's dirty record, without the lock: that record is
+  // the one that matters, and stays.
+  if (beside_ && !claimed_) return Status::ok();
   return image_.set_metadata({
       {std::string(kPrefix) + "cache", uuid_},
       {std::string(kPrefix) + "host", host_},
@@ -164,25 +186,63 @@ Status CacheOwnership::record_state(Mode mode, uint64_t dirty) {
 
 Status CacheOwnership::ensure_lock() {
   if (holds_lock()) return Status::ok();
+  // The same rule as at attach: never claim an image that another cache
+  // may hold unflushed writes for (it may have stopped since, lock free).
+  auto rec = read_record(image_);
+  if (!rec.is_ok()) return rec.status();
+  if (rec->present() && rec->cache != uuid_ && rec->state == "dirty" && !force_) {
+    return others_dirty_refusal(image_, *rec);
+  }
   RBDCACHE_RETURN_IF_ERROR(image_.acquire_exclusive_lock());
   claimed_ = true;
+  beside_ = false;
   return Status::ok();
 }
 
-Status CacheOwnership::release(Mode mode, uint64_t dirty_bytes) {
+Status CacheOwnership::release(Mode mode, uint64_t dirty_bytes,
+                               const std::function<void()>& stop_clean_hits) {
   if (mode == Mode::kWriteback || dirty_bytes > 0) {
     return Status::from_errno(EBUSY, fmt::format(
         "cannot release the image: {} bytes are dirty and the mode is {}; run "
         "'rbdcache flush --wait --then passthrough' first", dirty_bytes, mode_name(mode)));
   }
   RBDCACHE_RETURN_IF_ERROR(record_state(mode, 0));
+  if (coherent_ && holds_lock()) {
+    // The cache is current now, under the lock: the anchor for next time.
+    Status st = image_.remove_snapshot(snapshot_);
+    if (st.is_ok()) st = image_.create_snapshot(snapshot_);
+    anchor_ = st.is_ok();
+    if (!st.is_ok()) {
+      log::warn("{}; taking the lock again will drop every clean cached block", st.to_string());
+    }
+  }
+  coherent_ = false;
+  stop_clean_hits();
   RBDCACHE_RETURN_IF_ERROR(image_.release_exclusive_lock());
   claimed_ = false;
   return Status::ok();
 }
 
+Result<std::optional<std::vector<ByteExtent>>> CacheOwnership::stale_since_anchor() {
+  if (!anchor_) return std::optional<std::vector<ByteExtent>>();
+  auto changed = image_.changed_since(snapshot_);
+  if (!changed.is_ok()) return changed.status();
+  return std::optional<std::vector<ByteExtent>>(std::move(changed).value());
+}
+
+void CacheOwnership::reconciled() {
+  if (anchor_) {
+    Status st = image_.remove_snapshot(snapshot_);
+    if (!st.is_ok()) log::warn("{}", st.to_string());
+    anchor_ = false;
+  }
+  coherent_ = true;
+}
+
 void CacheOwnership::detach(uint64_t valid_blocks, uint64_t dirty_blocks) {
-  if (valid_blocks > 0) {
+  // Not coherent: the cache was current at its anchor, if it has one, and
+  // not necessarily now; without one, the next attach drops every clean block.
+  if (valid_blocks > 0 && coherent_) {
     Status st = image_.remove_snapshot(snapshot_);
     if (st.is_ok()) st = image_.create_snapshot(snapshot_);
     if (!st.is_ok()) {

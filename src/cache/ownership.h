@@ -11,18 +11,27 @@
 //     the image lacks; it is written at attach in writeback mode and cleared
 //     only by a completed flush out of writeback mode or a clean detach with
 //     nothing dirty.
-//   - Attaching is refused (unless forced) when the metadata says another
-//     cache may hold dirty data, or when this cache holds dirty data but
-//     another cache has attached to the image since this one last did.
-//   - A clean detach leaves a snapshot "rbdcache.<cache uuid>" of the image.
-//     The next attach diffs the image against it and drops the clean cached
-//     blocks that changed meanwhile, then deletes it. Without that snapshot
-//     (a crash, or a failed snapshot) every clean block is dropped.
+//   - Taking the lock (writeback mode, or dirty data at attach) is refused
+//     (unless forced) when the metadata says another cache may hold dirty
+//     data; attaching is refused when this cache holds dirty data but
+//     another cache has attached to the image since this one last did. A
+//     cache in passthrough or writethrough with nothing dirty attaches
+//     beside another cache's dirty record and leaves it in place.
+//   - Clean cached blocks are served only while this cache holds the lock
+//     and has proven them current ("coherent"). The proof is a snapshot
+//     "rbdcache.<cache uuid>" (the anchor) taken while the cache held the
+//     lock: at a release, or at a clean detach. Taking the lock diffs the
+//     image against the anchor, drops the clean blocks that changed since,
+//     and deletes it. Until then the anchor is kept, through a detach too
+//     (a later one must not replace it: blocks may have changed behind the
+//     cache meanwhile). Without an anchor (a crash, a failed snapshot) every
+//     clean block is dropped.
 //   - The cache epoch (superblock and metadata) grows by one at each attach.
 //
 // Threads: every call blocks on the cluster; main or control thread only.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -69,18 +78,31 @@ class CacheOwnership {
                                                         uint64_t dirty_blocks, Options opts,
                                                         AttachPlan& plan);
 
-  // Call after the plan's invalidation is committed: removes the snapshot.
+  // Call after the plan's invalidation is committed: removes the snapshot
+  // when the cache is coherent.
   void attached();
+
+  // True while clean cached blocks may be served (see the rules above).
+  bool coherent() const { return coherent_; }
+  // After ensure_lock(), for a cache that is not coherent: the clean blocks
+  // to drop before it may serve clean hits (nullopt: all of them).
+  Result<std::optional<std::vector<ByteExtent>>> stale_since_anchor();
+  // Once those are dropped (committed): deletes the anchor; coherent.
+  void reconciled();
 
   // Records the cache's state after a completed flush, or after a mode
   // change: "clean" only when nothing is dirty and the mode cannot make
   // new dirty data.
   [[nodiscard]] Status record_state(Mode mode, uint64_t dirty_bytes);
 
-  // Before writeback mode: takes the exclusive lock unless held.
+  // Before writeback mode: takes the exclusive lock unless held. Refused
+  // (EEXIST) while another cache's record says dirty, unless forced.
   [[nodiscard]] Status ensure_lock();
   // Gives the lock up; refused while anything is dirty or in writeback mode.
-  [[nodiscard]] Status release(Mode mode, uint64_t dirty_bytes);
+  // First takes the anchor snapshot, and calls `stop_clean_hits` once the
+  // cache is no longer coherent, still holding the lock.
+  [[nodiscard]] Status release(Mode mode, uint64_t dirty_bytes,
+                               const std::function<void()>& stop_clean_hits);
   // True while this cache has claimed the lock (writeback, dirty data) and
   // still holds it. In the other modes librbd may hold it for a moment on
   // its own, but gives it to any client that asks: that does not count.
@@ -105,6 +127,12 @@ class CacheOwnership {
   std::string snapshot_;
   bool remove_snapshot_ = false;
   bool claimed_ = false;  // the lock was taken explicitly
+  bool force_ = false;    // Options::force
+  // Attached (without the lock) beside another cache's dirty record, which
+  // record_state() then leaves in place until this cache takes the lock.
+  bool beside_ = false;
+  bool coherent_ = false;  // clean hits allowed
+  bool anchor_ = false;    // snapshot_ exists and is the anchor
 };
 
 }  // namespace rbdcache::cache

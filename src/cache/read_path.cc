@@ -38,18 +38,21 @@ void ReadPath::read_part(const std::shared_ptr<Request>& req, const Part& p, Sta
   bool hit = false;
   bool unknown = false;
   bool fill_allowed = false;
+  // Without clean hits only dirty data (newer than the origin's) is read
+  // from the cache, and nothing is filled.
+  const bool clean_ok = ctx_.clean_hits.load();
   Decision d;
   {
     auto t = ctx_.slots.lock();
     slot = t.lookup(p.ob);
-    hit = slot && t.map().is_fully_valid(*slot, subs);
     if (slot) {
-      valid = t.map().valid_mask(*slot, subs);
+      valid = clean_ok ? t.map().valid_mask(*slot, subs) : t.map().dirty_mask(*slot, subs);
+      hit = valid.contains(SubBlockMask::of(subs));
       unknown = (t.unknown_mask(*slot) & SubBlockMask::of(subs)).any();
     }
     Access a{p.ob, p.origin_offset(ctx_.bs), p.e - p.s, false, hit ? slot : std::nullopt};
     d = t.access(a);
-    fill_allowed = !t.failed();
+    fill_allowed = clean_ok && !t.failed();
   }
   EngineCounters::bump(hit ? ctx_.counters.read_hits : ctx_.counters.read_misses);
   if (unknown) {

@@ -97,7 +97,10 @@ void WritePath::write_part(const std::shared_ptr<Request>& req, const Part& p, b
         fresh = slot.has_value();
       }
     } else {
-      valid = t.map().valid_mask(*slot, subs);
+      // Without clean hits the clean cached copy may be stale: partial
+      // sub-blocks then merge with the origin's data, not with it.
+      valid = ctx_.clean_hits.load() ? t.map().valid_mask(*slot, subs)
+                                     : t.map().dirty_mask(*slot, subs);
       had_dirty = t.map().any_dirty(*slot, subs);
     }
   }

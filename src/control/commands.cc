@@ -44,7 +44,7 @@ json cmd_mode(ControlContext& ctx, const json& req) {
   const cache::Mode old = e.mode();
   if (*m == cache::Mode::kWriteback && ctx.cache->ownership() != nullptr) {
     // Writeback may create dirty data: only with the image's lock.
-    Status st = ctx.cache->ownership()->ensure_lock();
+    Status st = ctx.cache->take_lock();
     if (!st.is_ok()) return failure(st);
     e.set_mode(*m);
     st = record_state(*ctx.cache);
@@ -177,8 +177,7 @@ json cmd_release(ControlContext& ctx) {
   if (own == nullptr) return failure("bad-request", "the origin is not a shared (RBD) image; there is no lock to release");
   std::unique_lock lk(ctx.ops, std::try_to_lock);
   if (!lk) return failure("busy", "another command (a flush?) is changing the cache; try again");
-  const cache::EngineStats s = ctx.cache->engine().stats();
-  Status st = own->release(s.mode, s.dirty_bytes);
+  Status st = ctx.cache->release();
   if (!st.is_ok()) return failure(st.err() == EBUSY ? "dirty" : "failed", st.message());
   log::info("released the image's exclusive lock; another host may take it now");
   return {{"ok", true}};

@@ -139,6 +139,32 @@ TEST_F(EngineTest, UnalignedWritesMergeWithOriginData) {
   expect_reads_model(0, 256 << 10);
 }
 
+// A shared image's cache that does not hold the image's lock (or has not
+// yet checked its clean blocks) serves only dirty data from the cache: its
+// clean copy may be older than the origin, which another host wrote.
+TEST_F(EngineTest, WithoutCleanHitsOnlyDirtyDataComesFromTheCache) {
+  attach();
+  write_both(0, 64 << 10, 5);
+  wait_until_clean();
+  write_both(128 << 10, 64 << 10, 6);  // stays dirty
+  auto fresh = rbdcache::testing::pattern(64 << 10, 7);
+  ASSERT_EQ(::pwrite(origin_file_.fd(), fresh.data(), fresh.size(), 0),
+            static_cast<ssize_t>(fresh.size()));
+  std::memcpy(model_.data(), fresh.data(), fresh.size());
+
+  engine().set_clean_hits(false);
+  const uint64_t hits = engine().stats().read_hits;
+  expect_reads_model(0, 64 << 10);
+  expect_reads_model(128 << 10, 64 << 10);
+  EXPECT_EQ(engine().stats().read_hits, hits + 1);  // the dirty block only
+  // A partial sub-block merges with the origin's data, not the clean copy.
+  engine().set_mode(Mode::kPassthrough);
+  write_both(512, 512, 8);
+  expect_reads_model(0, 64 << 10);
+  auto o = origin_contents();
+  EXPECT_EQ(std::memcmp(o.data(), model_.data(), 64 << 10), 0);
+}
+
 TEST_F(EngineTest, RandomOperationsMatchAModelInEveryMode) {
   attach();
   std::mt19937_64 rng(12345);
