@@ -55,6 +55,17 @@ rbd_export() {
     fail "rbd export $spec failed: $(cat "$T/rbd-export.err")"
 }
 
+# make_host_caches a b ...: one cache (64 MiB, 16 MiB of metadata) per host
+# sharing the image, as CACHE_A/META_A, CACHE_B/META_B, ... (lib-cache.sh's
+# make_cache).
+make_host_caches() {
+  local h
+  for h in "$@"; do
+    make_cache "$h" 64M 16M
+    declare -g "CACHE_${h^^}=$CACHE_DEV" "META_${h^^}=$META_DEV"
+  done
+}
+
 start_rbd_server() {
   local spec=$1
   shift

@@ -17,12 +17,7 @@ source "$(dirname "$0")/lib-ceph.sh"
 require qemu-io
 
 create_image 64M
-make_cache a 64M 16M
-CACHE_A=$CACHE_DEV META_A=$META_DEV
-make_cache b 64M 16M
-CACHE_B=$CACHE_DEV META_B=$META_DEV
-make_cache c 64M 16M
-CACHE_C=$CACHE_DEV META_C=$META_DEV
+make_host_caches a b c
 nowb=(--dirty-high 90 --dirty-low 80 --max-dirty-age 3600 --sequential-cutoff 0)
 meta() { rbd image-meta get "$IMAGE_SPEC" "rbdcache.$1" 2>/dev/null; }
 

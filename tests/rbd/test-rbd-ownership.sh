@@ -16,10 +16,7 @@ source "$(dirname "$0")/lib-ceph.sh"
 require qemu-io
 
 create_image 64M
-make_cache a 64M 16M
-CACHE_A=$CACHE_DEV META_A=$META_DEV
-make_cache b 64M 16M
-CACHE_B=$CACHE_DEV META_B=$META_DEV
+make_host_caches a b
 
 meta() { rbd image-meta get "$IMAGE_SPEC" "rbdcache.$1" 2>/dev/null; }
 
