@@ -192,7 +192,8 @@ class SlotTable::Locked {
 
   // --- Writeback ---
   void begin_writeback(CacheBlock cb) { t_->wb_in_flight_[cb] = false; }
-  // Ends a writeback; true if the slot changed while it was in flight.
+  // Ends a slot's writeback, once for all its pieces: true if the slot
+  // changed while it was in flight (or none was in flight).
   bool end_writeback(CacheBlock cb);
   std::vector<DirtyBlock> dirty_in_origin_order(OriginBlock from, size_t limit) const {
     return t_->map_.dirty_in_origin_order(from, limit);

@@ -1,6 +1,7 @@
 #include "cache/writeback.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "util/aligned_buffer.h"
 #include "util/log.h"
@@ -232,8 +233,16 @@ void Writeback::write_back_unit(const Unit& unit, std::function<void(bool)> done
     auto finish_unit = [this, unit, pieces, done](bool ok) {
       {
         auto t = ctx_.slots.lock();
+        // A slot's pieces are adjacent, and its writeback ends once for all
+        // of them: a second end_writeback would find none in flight and
+        // report the slot changed, leaving its later runs dirty.
+        std::optional<CacheBlock> ended;
+        bool changed = false;
         for (const Piece& pc : *pieces) {
-          const bool changed = t.end_writeback(pc.slot);
+          if (ended != pc.slot) {
+            changed = t.end_writeback(pc.slot);
+            ended = pc.slot;
+          }
           if (ok) t.mark_written_back(pc.slot, pc.ob, pc.run, changed);
         }
       }

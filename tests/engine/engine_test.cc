@@ -206,6 +206,22 @@ TEST_F(EngineTest, FullWritebackMakesOriginIdentical) {
   EXPECT_TRUE(origin_contents() == model_);
 }
 
+// A block with dirty sub-blocks apart (4K writes at 0 and 8K into a 64K
+// block) is one writeback unit with two pieces: one writeback makes both
+// clean, so each dirty byte goes to the origin once.
+TEST_F(EngineTest, WritebackCleansEveryDirtyRunOfABlockAtOnce) {
+  attach();
+  write_both(0, 4096, 7);
+  write_both(8192, 4096, 8);
+  write_both(3 * 65536 + 4096, 4096, 9);
+  write_both(3 * 65536 + 40960, 4096, 10);
+  ASSERT_EQ(engine().stats().dirty_bytes, 4u * 4096);
+  wait_until_clean();
+  EXPECT_EQ(engine().stats().bytes_written_back, 4u * 4096)
+      << "a dirty run was written back more than once";
+  EXPECT_TRUE(origin_contents() == model_);
+}
+
 TEST_F(EngineTest, FlushedDirtyDataSurvivesRestart) {
   attach();
   write_both(3 << 20, 256 << 10, 7);
