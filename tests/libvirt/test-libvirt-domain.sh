@@ -23,7 +23,7 @@
 source "$(dirname "$0")/../cache_integration/lib-cache.sh" "$@"
 source "$(dirname "$0")/lib-initramfs.sh"
 require virsh libvirtd virtlogd qemu-system-x86_64 qemu-io nbdcopy nbdinfo ss setpriv \
-  cpio gzip modinfo sha256sum getent timeout
+  cpio gzip modinfo sha256sum getent timeout pgrep
 [ "$(id -u)" = 0 ] || skip "needs root (libvirt's system instance)"
 QEMU_USER=libvirt-qemu
 getent passwd "$QEMU_USER" >/dev/null || skip "no user $QEMU_USER (apt install libvirt-daemon-system)"
@@ -50,11 +50,14 @@ VIRSH=(timeout 60 virsh -q -c qemu:///system)
 # ---- libvirt: use a running libvirtd, else start one (and virtlogd).
 STARTED_PIDFILES=()
 libvirt_cleanup() {
-  local rc=$? f pid i
+  local rc=$? f pid i n qlog="/var/log/libvirt/qemu/$DOMAIN.log"
   if [ -n "${DOMAIN_DEFINED:-}" ]; then
+    if [ "$rc" != 0 ] && [ -s "$qlog" ]; then
+      { echo "--- $qlog (last 20 lines) ---"; tail -n 20 "$qlog"; } >&2
+    fi
     "${VIRSH[@]}" destroy "$DOMAIN" >/dev/null 2>&1
     "${VIRSH[@]}" undefine "$DOMAIN" >/dev/null 2>&1 || log "cannot undefine $DOMAIN"
-    rm -f "/var/log/libvirt/qemu/$DOMAIN.log"*
+    rm -f "$qlog"*
   fi
   # The last started first: libvirtd before virtlogd.
   for ((i = ${#STARTED_PIDFILES[@]} - 1; i >= 0; i--)); do
@@ -121,9 +124,10 @@ SERVER_LOG="$T/server.log"
 SERVER_PID=$!
 track_pid "$SERVER_PID"
 wait_for_socket "$SOCK" "$SERVER_PID"
-for ((i = 0; i < 100; i++)); do
+for ((i = 0; ; i++)); do
   [ "$(nbdinfo --size "$URI" 2>/dev/null)" = "$SIZE" ] && break
   server_alive || fail "the server exited"
+  ((i < 100)) || fail "the server does not serve $SIZE bytes on $SOCK"
   sleep 0.1
 done
 get_stats
@@ -183,11 +187,7 @@ XML
 "${VIRSH[@]}" define "$T/domain.xml" >"$T/define.out" 2>&1 || { cat "$T/define.out" >&2; fail "virsh define"; }
 DOMAIN_DEFINED=1
 boot_start=$SECONDS
-if ! "${VIRSH[@]}" start "$DOMAIN" >"$T/start.out" 2>&1; then
-  cat "$T/start.out" >&2
-  tail -n 20 "/var/log/libvirt/qemu/$DOMAIN.log" >&2
-  fail "virsh start"
-fi
+"${VIRSH[@]}" start "$DOMAIN" >"$T/start.out" 2>&1 || { cat "$T/start.out" >&2; fail "virsh start"; }
 
 # ---- QEMU runs as libvirt-qemu and is connected to rbdcache's socket.
 QPID=$(cat "/run/libvirt/qemu/$DOMAIN.pid" 2>/dev/null) || fail "no pid file for $DOMAIN"
