@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the libvirt test's guest (test-libvirt-domain.sh builds the
 # initramfs). /params sets READ_MIB (offsets, in MiB, to read), WRITE_MIB
 # (where to write /pattern) and LEN_MIB (the length of each region). The
@@ -23,6 +24,7 @@ halt_guest() {
 }
 die() { say "FAIL $*"; halt_guest; }
 
+# shellcheck disable=SC1091  # written by the test into the initramfs
 . /params
 while read -r mod; do
   [ -n "$mod" ] || continue

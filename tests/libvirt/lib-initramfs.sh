@@ -23,6 +23,7 @@ _initramfs_closure() {
     [ -n "${_initramfs_seen[$m]:-}" ] && continue
     _initramfs_seen[$m]=1
     d=$(modinfo -k "$kver" -F depends "$m") || return 1
+    # shellcheck disable=SC2086  # the comma-separated list, split into words
     [ -z "$d" ] || _initramfs_closure "$kver" ${d//,/ } || return 1
     f=$(modinfo -k "$kver" -F filename "$m") || return 1
     [ -f "$f" ] || { echo "build_initramfs: module file $f missing" >&2; return 1; }
