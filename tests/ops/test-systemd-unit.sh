@@ -46,6 +46,9 @@ for line in open(sys.argv[1]):
             print(v.strip())
 PY
 }
+# (Pipe it into grep without -q: grep -q exits at the first match, and
+# unit_get, still writing, then fails with EPIPE, which pipefail turns into
+# a failed check.)
 # unit_one KEY: the value of KEY; fails unless it is set exactly once.
 unit_one() {
   local v n
@@ -97,23 +100,23 @@ stop_s=$(seconds "$(unit_one TimeoutStopSec)") || fail "bad TimeoutStopSec="
 start_s=$(seconds "$(unit_one TimeoutStartSec)") || fail "bad TimeoutStartSec="
 ((start_s >= 120)) || fail "TimeoutStartSec= is ${start_s}s; opening an image may take 3 x --ceph-timeout"
 [ "$(unit_one Restart)" = on-failure ] || fail "Restart= is not on-failure"
-unit_get RestartPreventExitStatus | grep -qw 2 || fail "usage errors (exit 2) are retried"
+unit_get RestartPreventExitStatus | grep -w 2 >/dev/null || fail "usage errors (exit 2) are retried"
 [ "$(unit_one RuntimeDirectory)" = rbdcache ] || fail "RuntimeDirectory= is not rbdcache"
 [ "$(unit_one RuntimeDirectoryPreserve)" = yes ] ||
   fail "RuntimeDirectoryPreserve= is not yes: stopping one instance would delete the others' sockets"
-unit_get Wants | grep -qw network-online.target || fail "no Wants=network-online.target"
-unit_get After | grep -qw network-online.target || fail "no After=network-online.target"
-unit_get After | grep -qw ceph.target || fail "not ordered after ceph.target"
-unit_get WantedBy | grep -qw multi-user.target || fail "no WantedBy=multi-user.target"
+unit_get Wants | grep -w network-online.target >/dev/null || fail "no Wants=network-online.target"
+unit_get After | grep -w network-online.target >/dev/null || fail "no After=network-online.target"
+unit_get After | grep -w ceph.target >/dev/null || fail "not ordered after ceph.target"
+unit_get WantedBy | grep -w multi-user.target >/dev/null || fail "no WantedBy=multi-user.target"
 # Block devices stay reachable.
 case $(unit_get PrivateDevices) in "" | no | false) ;; *) fail "PrivateDevices= hides the cache devices" ;; esac
 if [ -n "$(unit_get DeviceAllow)$(unit_get DevicePolicy)$(unit_get ProtectClock)" ]; then
   # Any of these turns the device cgroup into an allow list.
-  unit_get DeviceAllow | grep -qE '^block-\* +rw' || fail "the device allow list lacks 'block-* rw'"
+  unit_get DeviceAllow | grep -E '^block-\* +rw' >/dev/null || fail "the device allow list lacks 'block-* rw'"
 fi
 # ProtectSystem=strict needs the writable places spelled out.
 if [ "$(unit_get ProtectSystem)" = strict ]; then
-  unit_get ReadWritePaths | grep -qE '(^| )-?/var/lib/rbdcache( |$)' ||
+  unit_get ReadWritePaths | grep -E '(^| )-?/var/lib/rbdcache( |$)' >/dev/null ||
     fail "ProtectSystem=strict without ReadWritePaths=/var/lib/rbdcache: file-backed caches fail"
 fi
 case $(unit_get ProtectHome) in "" | no | false | read-only | tmpfs | yes) ;; *) fail "odd ProtectHome=" ;; esac
