@@ -21,6 +21,7 @@ TEST_PKGS=(
   ceph-mon ceph-osd ceph-common
   qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs
   jq gnuplot-nox qemu-block-extra
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients iproute2
 )
 
 pkgs=("${BUILD_PKGS[@]}")

@@ -4,7 +4,8 @@
 #   - the example names every serve option (set or commented out), and
 #     nothing else;
 #   - the example itself is accepted, every commented-out setting included
-#     (with the host-specific paths overridden on the command line);
+#     (with the host-specific paths overridden on the command line), and
+#     gives the NBD socket the group and mode it sets (libvirt-qemu, 0660);
 #   - a config derived from it takes effect: export name, read-only, cache
 #     mode, threads and the control socket path all come from the file;
 #   - an option on the command line wins over the file;
@@ -21,14 +22,29 @@ origin="$T/origin.img"
 make_origin "$origin" "$SIZE" zero
 make_cache vm1 64M 16M
 
+# The example gives the NBD socket to libvirt's QEMU group. Where libvirt
+# is not installed that group does not exist and serve would refuse it: the
+# server's own group stands in, in every config derived here and on the
+# command line for the example itself.
+EXAMPLE_GROUP=$(sed -n 's/^socket-group = "\(.*\)"$/\1/p' "$EXAMPLE")
+EXAMPLE_MODE=$(sed -n 's/^socket-mode = "0*\([0-7]*\)"$/\1/p' "$EXAMPLE")
+[ -n "$EXAMPLE_GROUP" ] && [ -n "$EXAMPLE_MODE" ] || fail "the example sets no socket-group or socket-mode"
+SOCKET_GROUP=$EXAMPLE_GROUP
+group_override=()
+if ! getent group "$EXAMPLE_GROUP" >/dev/null; then
+  SOCKET_GROUP=$(id -gn)
+  group_override=(--socket-group "$SOCKET_GROUP")
+  log "no group $EXAMPLE_GROUP on this host (libvirt not installed): using $SOCKET_GROUP"
+fi
+
 # derive_config OUT KEY=VALUE...: the example with each KEY set to VALUE
 # (written verbatim, so strings carry their quotes), uncommented if it was
 # commented out; KEY=- comments it out; a KEY not in the example is
-# appended.
+# appended. socket-group is $SOCKET_GROUP unless given.
 derive_config() {
   local out=$1
   shift
-  python3 - "$EXAMPLE" "$out" "$@" <<'PY' || fail "derive_config failed"
+  python3 - "$EXAMPLE" "$out" "socket-group=\"$SOCKET_GROUP\"" "$@" <<'PY' || fail "derive_config failed"
 import re, sys
 src, out, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
 want = dict(p.split("=", 1) for p in pairs)
@@ -101,15 +117,19 @@ open(sys.argv[2], "w").write("".join(out))
 PY
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 overrides=(--origin "file:$origin" --socket "$T/full.sock" --control "$T/full.ctl"
-  --cache-dev "$CACHE_DEV" --meta-dev "$META_DEV" --listen "127.0.0.1:$(free_port)")
+  --cache-dev "$CACHE_DEV" --meta-dev "$META_DEV" --listen "127.0.0.1:$(free_port)"
+  "${group_override[@]}")
 grep -q '^metrics = ' "$T/full.conf" && overrides+=(--metrics "127.0.0.1:$(free_port)")
 # no-control = false and force = false as written: harmless.
 serve_config full "$T/full.sock" --config "$T/full.conf" "${overrides[@]}"
 [ "$(nbdinfo_field "nbd+unix:///?socket=$T/full.sock" export-size)" = "$SIZE" ] ||
   fail "the full example serves the wrong size"
+perms=$(stat -c '%a %G' "$T/full.sock")
+[ "$perms" = "$EXAMPLE_MODE $SOCKET_GROUP" ] ||
+  fail "the example's NBD socket is '$perms', expected '$EXAMPLE_MODE $SOCKET_GROUP'"
 stop_server
 expect_clean_exit "the example config with every setting"
-log "the example config, every setting uncommented, serves"
+log "the example config, every setting uncommented, serves (socket $perms)"
 
 # ---- 3. A config derived from the example takes effect.
 cfg="$T/vm1.conf"

@@ -16,8 +16,9 @@
 #     agree on the socket's place;
 #   - what systemd would run works: ExecStart with %i expanded (and /etc,
 #     /run moved under a temporary directory), under the unit's UMask, with
-#     NOTIFY_SOCKET, sends READY=1 with the export served, leaves other users
-#     no access to the NBD socket, and on the unit's KillSignal exits within
+#     NOTIFY_SOCKET, sends READY=1 with the export served, gives the NBD
+#     socket the example's socket-group and socket-mode (libvirt-qemu, 0660)
+#     and other users no access to it, and on the unit's KillSignal exits within
 #     TimeoutStopSec with a status the unit counts as success.
 source "$(dirname "$0")/../cache_integration/lib-cache.sh" "$@"
 require systemd-analyze nbdinfo
@@ -45,6 +46,9 @@ for line in open(sys.argv[1]):
             print(v.strip())
 PY
 }
+# (Pipe it into grep without -q: grep -q exits at the first match, and
+# unit_get, still writing, then fails with EPIPE, which pipefail turns into
+# a failed check.)
 # unit_one KEY: the value of KEY; fails unless it is set exactly once.
 unit_one() {
   local v n
@@ -96,23 +100,23 @@ stop_s=$(seconds "$(unit_one TimeoutStopSec)") || fail "bad TimeoutStopSec="
 start_s=$(seconds "$(unit_one TimeoutStartSec)") || fail "bad TimeoutStartSec="
 ((start_s >= 120)) || fail "TimeoutStartSec= is ${start_s}s; opening an image may take 3 x --ceph-timeout"
 [ "$(unit_one Restart)" = on-failure ] || fail "Restart= is not on-failure"
-unit_get RestartPreventExitStatus | grep -qw 2 || fail "usage errors (exit 2) are retried"
+unit_get RestartPreventExitStatus | grep -w 2 >/dev/null || fail "usage errors (exit 2) are retried"
 [ "$(unit_one RuntimeDirectory)" = rbdcache ] || fail "RuntimeDirectory= is not rbdcache"
 [ "$(unit_one RuntimeDirectoryPreserve)" = yes ] ||
   fail "RuntimeDirectoryPreserve= is not yes: stopping one instance would delete the others' sockets"
-unit_get Wants | grep -qw network-online.target || fail "no Wants=network-online.target"
-unit_get After | grep -qw network-online.target || fail "no After=network-online.target"
-unit_get After | grep -qw ceph.target || fail "not ordered after ceph.target"
-unit_get WantedBy | grep -qw multi-user.target || fail "no WantedBy=multi-user.target"
+unit_get Wants | grep -w network-online.target >/dev/null || fail "no Wants=network-online.target"
+unit_get After | grep -w network-online.target >/dev/null || fail "no After=network-online.target"
+unit_get After | grep -w ceph.target >/dev/null || fail "not ordered after ceph.target"
+unit_get WantedBy | grep -w multi-user.target >/dev/null || fail "no WantedBy=multi-user.target"
 # Block devices stay reachable.
 case $(unit_get PrivateDevices) in "" | no | false) ;; *) fail "PrivateDevices= hides the cache devices" ;; esac
 if [ -n "$(unit_get DeviceAllow)$(unit_get DevicePolicy)$(unit_get ProtectClock)" ]; then
   # Any of these turns the device cgroup into an allow list.
-  unit_get DeviceAllow | grep -qE '^block-\* +rw' || fail "the device allow list lacks 'block-* rw'"
+  unit_get DeviceAllow | grep -E '^block-\* +rw' >/dev/null || fail "the device allow list lacks 'block-* rw'"
 fi
 # ProtectSystem=strict needs the writable places spelled out.
 if [ "$(unit_get ProtectSystem)" = strict ]; then
-  unit_get ReadWritePaths | grep -qE '(^| )-?/var/lib/rbdcache( |$)' ||
+  unit_get ReadWritePaths | grep -E '(^| )-?/var/lib/rbdcache( |$)' >/dev/null ||
     fail "ProtectSystem=strict without ReadWritePaths=/var/lib/rbdcache: file-backed caches fail"
 fi
 case $(unit_get ProtectHome) in "" | no | false | read-only | tmpfs | yes) ;; *) fail "odd ProtectHome=" ;; esac
@@ -165,10 +169,22 @@ size=$((32 * 1048576))
 make_origin "$T/vm1.img" "$size" zero
 make_cache vm1 64M 16M
 mkdir -p "$T/etc/rbdcache" "$T/run/rbdcache"
-python3 - "$EXAMPLE" "$T/etc/rbdcache/vm1.conf" "$T" "$CACHE_DEV" "$META_DEV" <<'PY' || fail "cannot write the config"
+# The example's socket group is libvirt's; where libvirt is not installed
+# the group does not exist (serve would refuse it) and the server's own
+# group stands in.
+EXAMPLE_GROUP=$(sed -n 's/^socket-group = "\(.*\)"$/\1/p' "$EXAMPLE")
+EXAMPLE_MODE=$(sed -n 's/^socket-mode = "0*\([0-7]*\)"$/\1/p' "$EXAMPLE")
+[ -n "$EXAMPLE_GROUP" ] && [ -n "$EXAMPLE_MODE" ] || fail "the example sets no socket-group or socket-mode"
+SOCKET_GROUP=$EXAMPLE_GROUP
+if ! getent group "$EXAMPLE_GROUP" >/dev/null; then
+  SOCKET_GROUP=$(id -gn)
+  log "no group $EXAMPLE_GROUP on this host (libvirt not installed): using $SOCKET_GROUP"
+fi
+python3 - "$EXAMPLE" "$T/etc/rbdcache/vm1.conf" "$T" "$CACHE_DEV" "$META_DEV" "$SOCKET_GROUP" <<'PY' || fail "cannot write the config"
 import re, sys
-src, out, t, cache, meta = sys.argv[1:]
-set_to = {"origin": '"file:%s/vm1.img"' % t, "cache-dev": '"%s"' % cache, "meta-dev": '"%s"' % meta}
+src, out, t, cache, meta, group = sys.argv[1:]
+set_to = {"origin": '"file:%s/vm1.img"' % t, "cache-dev": '"%s"' % cache, "meta-dev": '"%s"' % meta,
+          "socket-group": '"%s"' % group}
 lines = []
 for line in open(src):
     m = re.match(r"^([a-z][a-z0-9-]*) = ", line)
@@ -214,7 +230,9 @@ sys.exit(0 if ok else 1)
 PY
 perm=$(stat -c %a "$sock")
 ((8#$perm & 8#007)) && fail "the NBD socket is mode $perm under UMask=$umask_v: other users can reach the disk"
-log "ExecStart with %i=vm1 sent READY=1 with the export served; socket mode $perm"
+[ "$(stat -c '%a %G' "$sock")" = "$EXAMPLE_MODE $SOCKET_GROUP" ] ||
+  fail "the NBD socket is '$(stat -c '%a %G' "$sock")', expected '$EXAMPLE_MODE $SOCKET_GROUP' (the example's)"
+log "ExecStart with %i=vm1 sent READY=1 with the export served; socket mode $perm, group $SOCKET_GROUP"
 kill_signal=$(unit_one KillSignal)
 EXIT_TIMEOUT=$stop_s stop_server "$SERVER_PID" "${kill_signal#SIG}"
 [ "$SERVER_RC" != 124 ] || fail "the server outlived TimeoutStopSec (${stop_s}s) after $kill_signal"
