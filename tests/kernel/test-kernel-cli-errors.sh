@@ -44,7 +44,8 @@ check_help map --socket --export --connections --timeout --dead-conn-timeout --d
 check_help attach --socket --export --connections --timeout --dead-conn-timeout --device
 check_help unmap DEVICE
 check_help list-mapped --json
-timeout 30 "$RBDCACHE" --help | grep -q 'list-mapped' || fail "rbdcache --help does not list list-mapped"
+help=$(timeout 30 "$RBDCACHE" --help) || fail "rbdcache --help failed"
+grep -q 'list-mapped' <<<"$help" || fail "rbdcache --help does not list list-mapped"
 
 S="$T/none.sock"
 
