@@ -16,7 +16,7 @@
 #                                starts guest NAME (1 vCPU, 256 MiB) with the
 #                                export at SOCK as /dev/vda and APPEND on the
 #                                kernel command line (bc.mode=..., see
-#                                guest/init.sh); console $T/NAME-console.log,
+#                                guest/init.sh); console $T/NAME.console,
 #                                QMP $T/NAME.qmp
 #   guest_wait NAME REGEX SECONDS [COUNT]
 #                                waits until NAME's console has COUNT (1)
@@ -47,7 +47,7 @@ _guest_qemu() {  # _guest_qemu ACCEL NAME APPEND [QEMU-ARGS...]: runs QEMU in th
     -machine q35 -accel "$accel" -cpu "$cpu" -smp 1 -m "$GUEST_MEM" \
     -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" \
     -append "console=ttyS0 panic=-1 loglevel=4 mitigations=off $append" \
-    -serial "file:$T/$name-console.log" \
+    -serial "file:$T/$name.console" \
     -qmp "unix:$T/$name.qmp,server=on,wait=off" "$@" </dev/null >"$T/$name-qemu.out" 2>&1
 }
 
@@ -57,13 +57,13 @@ _guest_probe_kvm() {
   (_guest_qemu kvm probe '') &
   pid=$!
   for ((i = 0; i < 300; i++)); do
-    grep -q "guest: idle" "$T/probe-console.log" 2>/dev/null && break
+    grep -q "guest: idle" "$T/probe.console" 2>/dev/null && break
     _has_exited "$pid" && break
     sleep 0.1
   done
   kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
-  grep -q "guest: idle" "$T/probe-console.log" 2>/dev/null
+  grep -q "guest: idle" "$T/probe.console" 2>/dev/null
 }
 
 guest_setup() {
@@ -85,7 +85,7 @@ guest_setup() {
 guest_start() {
   local name=$1 sock=$2 append=$3
   shift 3
-  rm -f "$T/$name-console.log" "$T/$name.qmp"
+  rm -f "$T/$name.console" "$T/$name.qmp"
   _guest_qemu "$GUEST_ACCEL" "$name" "$append" \
     -blockdev "driver=nbd,server.type=unix,server.path=$sock,node-name=disk0" \
     -device virtio-blk-pci,drive=disk0,id=vda "$@" &
@@ -100,22 +100,26 @@ guest_start() {
   fail "guest $name: no QMP socket after 10 s"
 }
 
-guest_count() { grep -cE "$2" "$T/$1-console.log" 2>/dev/null || true; }
+# The last lines of NAME's console, without the SYNCED lines.
+_guest_tail() { grep -v 'blockcheck: SYNCED' "$T/$1.console" 2>/dev/null | tail -n 12; }
+
+guest_count() { grep -cE "$2" "$T/$1.console" 2>/dev/null || true; }
 
 guest_wait() {
   local name=$1 re=$2 limit=$3 count=${4:-1} start=$SECONDS
   while [ "$(guest_count "$name" "$re")" -lt "$count" ]; do
-    if grep -qE "$GUEST_FAIL_RE" "$T/$name-console.log" 2>/dev/null; then
-      fail "guest $name failed: $(grep -E 'blockcheck: (FAIL|VERIFY.*FAIL|block )' "$T/$name-console.log" | head -n 8)"
+    if grep -qE "$GUEST_FAIL_RE" "$T/$name.console" 2>/dev/null; then
+      fail "guest $name failed: $(grep -E 'blockcheck: (FAIL|VERIFY.*(FAIL|block)|block )' "$T/$name.console" | head -n 8)"
     fi
-    _has_exited "${GUEST_PIDS[$name]}" && fail "guest $name stopped before '$re' (x$count): $(cat "$T/$name-qemu.out")"
-    [ $((SECONDS - start)) -lt "$limit" ] || fail "guest $name: no '$re' (x$count) within ${limit}s"
+    _has_exited "${GUEST_PIDS[$name]}" &&
+      fail "guest $name stopped before '$re' (x$count): $(cat "$T/$name-qemu.out"; _guest_tail "$name")"
+    [ $((SECONDS - start)) -lt "$limit" ] || fail "guest $name: no '$re' (x$count) within ${limit}s: $(_guest_tail "$name")"
     sleep 0.2
   done
 }
 
 guest_last_synced() {
-  grep -oE 'blockcheck: SYNCED seq=[0-9]+' "$T/$1-console.log" 2>/dev/null | tail -n 1 | sed 's/.*seq=//'
+  grep -oE 'blockcheck: SYNCED seq=[0-9]+' "$T/$1.console" 2>/dev/null | tail -n 1 | sed 's/.*seq=//'
 }
 
 guest_qmp() {

@@ -48,10 +48,10 @@ verify_boot() {  # verify_boot NAME: boots the verifier on $SOCK, waits for its 
   guest_exited "$1" 30
 }
 verify_boot v
-grep -E 'blockcheck: (PASS|FAIL)' "$T/v-console.log" >&2
-grep -qE "blockcheck: PASS verify .* synced_ok=[1-9]" "$T/v-console.log" ||
-  fail "the guest's verify did not pass: $(grep blockcheck: "$T/v-console.log" | tail -n 6)"
-GUEST_SHA=$(grep -oE 'guest: sha256 [0-9a-f]{64}' "$T/v-console.log" | cut -d' ' -f3)
+grep -E 'blockcheck: (PASS|FAIL)' "$T/v.console" >&2
+grep -qE "blockcheck: PASS verify .* synced_ok=[1-9]" "$T/v.console" ||
+  fail "the guest's verify did not pass: $(grep blockcheck: "$T/v.console" | tail -n 6)"
+GUEST_SHA=$(grep -oE 'guest: sha256 [0-9a-f]{64}' "$T/v.console" | cut -d' ' -f3)
 [ -n "$GUEST_SHA" ] || fail "the guest printed no sha256"
 
 log "3. flush; the image equals what the guest read"
@@ -69,8 +69,8 @@ PY
 ) || fail "no written block in the image"
 qemu_io "$URI" -c "write -P 0x55 $((off + 2048)) 512" -c flush
 GUEST_FAIL_RE='guest: no /dev/vda' verify_boot n
-grep -qE "blockcheck: FAIL verify .* garbage=1 " "$T/n-console.log" ||
-  fail "the verifier missed a changed block at $off: $(grep blockcheck: "$T/n-console.log" | tail -n 4)"
+grep -qE "blockcheck: FAIL verify .* garbage=1 " "$T/n.console" ||
+  fail "the verifier missed a changed block at $off: $(grep blockcheck: "$T/n.console" | tail -n 4)"
 stop_server "$SERVER_PID"
 expect_clean_exit "rbdcache"
-log "PASS (synced seq $SYNCED; $(grep -oE 'synced_ok=[0-9]+ newer=[0-9]+' "$T/v-console.log"))"
+log "PASS (synced seq $SYNCED; $(grep -oE 'synced_ok=[0-9]+ newer=[0-9]+' "$T/v.console"))"
