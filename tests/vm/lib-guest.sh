@@ -103,7 +103,11 @@ guest_start() {
 # The last lines of NAME's console, without the SYNCED lines.
 _guest_tail() { grep -v 'blockcheck: SYNCED' "$T/$1.console" 2>/dev/null | tail -n 12; }
 
-guest_count() { grep -cE "$2" "$T/$1.console" 2>/dev/null || true; }
+guest_count() {  # 0 too before the console file exists
+  local n
+  n=$(grep -cE "$2" "$T/$1.console" 2>/dev/null)
+  echo "${n:-0}"
+}
 
 guest_wait() {
   local name=$1 re=$2 limit=$3 count=${4:-1} start=$SECONDS
