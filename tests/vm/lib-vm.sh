@@ -108,5 +108,5 @@ vm_accel() {
     VM_ACCEL=kvm
   fi
   echo "$VM_ACCEL" >"$dir/accel"
-  echo "run-in-vm: accelerator: $VM_ACCEL" >&2
+  echo "vm: accelerator: $VM_ACCEL (cached in $dir/accel)" >&2
 }
