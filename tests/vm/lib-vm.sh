@@ -35,7 +35,7 @@ declare -A _vm_mod_seen=()
 
 vm_find_kernel() {
   local module=$1 k v
-  VM_KERNEL= VM_KVER=
+  VM_KERNEL='' VM_KVER=''
   for k in $(ls /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
     v=${k#/boot/vmlinuz-}
     if modinfo -k "$v" -F filename "$module" >/dev/null 2>&1; then

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the self-contained test guest (guest/mkinitramfs.sh builds it):
 # no 9p, nothing of the host, so that the guest can be live-migrated.
 #
@@ -27,7 +28,7 @@ while read -r mod; do
   insmod "/lib/modules/$mod" || echo "guest: insmod $mod failed"
 done </modules
 
-mode= args= sha=
+mode='' args='' sha=''
 for word in $(cat /proc/cmdline); do
   case $word in
     bc.mode=*) mode=${word#bc.mode=} ;;
@@ -41,7 +42,7 @@ if [ -z "$mode" ]; then
   echo "guest: exit 0"
   halt_guest
 fi
-for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+for _ in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 if [ ! -b /dev/vda ]; then
   echo "guest: no /dev/vda"
   echo "guest: exit 1"
