@@ -26,7 +26,7 @@
 # command's own (77 stays a skip). Exit 77 here too when the guest cannot be
 # started at all (no Debian kernel, no qemu-system-x86_64, no busybox-static).
 #
-# How: /init (init.sh) is a busybox script in an initramfs built from the
+# How: /init (init.sh) is a busybox script in an initramfs built (lib-vm.sh) from the
 # Debian packages at test time: busybox-static's /bin/busybox, the 9p and
 # virtio modules of the newest /boot/vmlinuz-* with its dependencies
 # (modinfo -F depends). QEMU shares / read-only over 9p (tag "host") and a
@@ -77,60 +77,26 @@ done
 BUSYBOX=/bin/busybox
 [ -x $BUSYBOX ] && ! ldd $BUSYBOX >/dev/null 2>&1 || vm_skip "no static /bin/busybox (apt install busybox-static)"
 
+# shellcheck source=lib-vm.sh
+source "$HERE/lib-vm.sh"
 # The newest Debian kernel with the nbd module.
-KERNEL= KVER=
-for k in $(ls /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
-  v=${k#/boot/vmlinuz-}
-  if modinfo -k "$v" -F filename nbd >/dev/null 2>&1; then KERNEL=$k KVER=$v; break; fi
-done
-[ -n "$KERNEL" ] || vm_skip "no /boot/vmlinuz-* with an nbd module (apt install linux-image-amd64)"
+vm_find_kernel nbd || vm_skip "no /boot/vmlinuz-* with an nbd module (apt install linux-image-amd64)"
+KERNEL=$VM_KERNEL KVER=$VM_KVER
 
 # --- The initramfs, built once per cache directory and inputs ---
 
-INITRD_MODULES=(virtio_pci 9pnet_virtio 9p)
-
-# mod_closure MOD...: the modules' files, dependencies first, each once.
-declare -A _seen=()
-_closure=()
-mod_closure() {
-  local m d
-  for m in "$@"; do
-    m=${m//-/_}
-    [ -n "${_seen[$m]:-}" ] && continue
-    _seen[$m]=1
-    for d in $(modinfo -k "$KVER" -F depends "$m" | tr ',' ' '); do mod_closure "$d"; done
-    _closure+=("$(modinfo -k "$KVER" -F filename "$m")")
-  done
+build_root() {  # build_root ROOT: busybox, init.sh as /init, the modules
+  local root=$1
+  mkdir -p "$root/bin" "$root/dev" || return 1
+  cp $BUSYBOX "$root/bin/busybox" && cp "$HERE/init.sh" "$root/init" && chmod 755 "$root/init" &&
+    vm_copy_modules "$root"
 }
 
-build_initramfs() {  # build_initramfs OUTPUT
-  local out=$1 root
-  root=$(mktemp -d "$CACHE_DIR/root.XXXXXX") || return 1
-  mkdir -p "$root/bin" "$root/lib/modules" "$root/dev" || return 1
-  cp $BUSYBOX "$root/bin/busybox" && cp "$HERE/init.sh" "$root/init" && chmod 755 "$root/init" || return 1
-  local f
-  : >"$root/modules"
-  for f in "${_closure[@]}"; do
-    [ -f "$f" ] || { vm_log "module file $f missing"; return 1; }
-    cp "$f" "$root/lib/modules/" || return 1
-    basename "$f" >>"$root/modules"
-  done
-  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out.tmp" && mv "$out.tmp" "$out"
-  local rc=$?
-  rm -rf "$root"
-  return $rc
-}
-
-mkdir -p "$CACHE_DIR" || exit 1
-mod_closure "${INITRD_MODULES[@]}" || vm_skip "cannot resolve the initramfs modules for $KVER"
-key=$( { echo "$KVER"; sha256sum $BUSYBOX "$HERE/init.sh" "${_closure[@]}"; } | sha256sum | cut -c1-16)
-INITRD="$CACHE_DIR/initramfs-$key.cpio.gz"
-exec 9>"$CACHE_DIR/lock"
-flock 9
-if [ ! -s "$INITRD" ]; then
-  build_initramfs "$INITRD" || { vm_log "building the initramfs failed"; exit 1; }
-  vm_log "built $INITRD for $KVER"
-fi
+vm_mod_closure virtio_pci 9pnet_virtio 9p || vm_skip "cannot resolve the initramfs modules for $KVER"
+vm_lock "$CACHE_DIR" || exit 1
+vm_initramfs "$CACHE_DIR" initramfs build_root $BUSYBOX "$HERE/init.sh" ||
+  { vm_log "building the initramfs failed"; exit 1; }
+INITRD=$VM_INITRD
 
 # --- One boot ---
 
@@ -157,25 +123,19 @@ boot() {
 
 # The accelerator: KVM only when a probe guest boots and runs a command with
 # it in a short time.
-accel=${RBDCACHE_VM_ACCEL:-}
-if [ -z "$accel" ]; then
-  if [ -s "$CACHE_DIR/accel" ]; then
-    accel=$(cat "$CACHE_DIR/accel")
-  else
-    accel=tcg
-    if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-      probe=$(mktemp -d "$CACHE_DIR/probe.XXXXXX")
-      echo 'echo kvm-works' >"$probe/cmd"
-      if boot kvm 30 "$probe" && [ "$(cat "$probe/rc" 2>/dev/null)" = 0 ] && grep -q kvm-works "$probe/log"; then
-        accel=kvm
-      fi
-      rm -rf "$probe"
-    fi
-    echo "$accel" >"$CACHE_DIR/accel"
-    vm_log "accelerator: $accel"
+probe_kvm() {
+  local probe rc=1
+  probe=$(mktemp -d "$CACHE_DIR/probe.XXXXXX") || return 1
+  echo 'echo kvm-works' >"$probe/cmd"
+  if boot kvm 30 "$probe" && [ "$(cat "$probe/rc" 2>/dev/null)" = 0 ] && grep -q kvm-works "$probe/log"; then
+    rc=0
   fi
-fi
-flock -u 9
+  rm -rf "$probe"
+  return $rc
+}
+vm_accel "$CACHE_DIR" probe_kvm
+accel=$VM_ACCEL
+vm_unlock
 
 RUN=$(mktemp -d "$CACHE_DIR/run.XXXXXX")
 trap 'rm -rf "$RUN"' EXIT
