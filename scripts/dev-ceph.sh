@@ -263,8 +263,16 @@ memstore device bytes = $OSD_BYTES
 osd memory target = 939524096
 osd op num shards = 2
 osd op num threads per shard = 1
+# A killed client's watch, and with it its RBD exclusive lock, lasts until
+# this timeout (30 s by default): the crash tests kill rbdcache and restart
+# it on the same image, and each restart waits for it. Clients ping their
+# watches every objecter tick ([client] below), so a live one keeps its
+# lock with a wide margin, and so does one across rbd-osd-pause's 10 s
+# SIGSTOP of the OSD.
+osd client watch timeout = 15
 
 [client]
+objecter tick interval = 1
 log file = $DIR/log/\$name.\$pid.log
 admin socket = $DIR/run/\$name.\$pid.asok
 $client_latency
