@@ -55,6 +55,38 @@ TEST(SubBlockMask, RunsAreVisitedInOrder) {
   EXPECT_EQ(SubBlockMask::of(SubBlockRange{0, 256}).count(), 256u);
 }
 
+// Runs that end, start or span word boundaries, and the extremes, against
+// a bit-by-bit reading of the mask.
+TEST(SubBlockMask, RunsMatchTheBitsForEveryShape) {
+  std::vector<SubBlockMask> masks(1);                                // empty
+  masks.push_back(SubBlockMask::first(kMaxSubBlocks));               // full
+  masks.push_back(SubBlockMask::of(SubBlockRange{63, 2}));           // across a boundary
+  masks.push_back(SubBlockMask::of(SubBlockRange{64, 64}));          // exactly one word
+  masks.push_back(SubBlockMask::of(SubBlockRange{0, 64}) | SubBlockMask::of(SubBlockRange{65, 191}));
+  std::mt19937 rng(7);
+  for (int n = 0; n < 200; ++n) {
+    SubBlockMask m;
+    for (uint32_t i = 0; i < kMaxSubBlocks; ++i) {
+      if (rng() % 3 == 0) m.set(i);
+    }
+    masks.push_back(m);
+  }
+  for (const SubBlockMask& m : masks) {
+    std::vector<SubBlockRange> want;
+    for (uint32_t i = 0; i < kMaxSubBlocks; ++i) {
+      if (!m.test(i)) continue;
+      if (!want.empty() && want.back().end() == i) {
+        ++want.back().count;
+      } else {
+        want.push_back(SubBlockRange{i, 1});
+      }
+    }
+    std::vector<SubBlockRange> got;
+    m.for_each_run([&](SubBlockRange r) { got.push_back(r); });
+    ASSERT_EQ(got, want);
+  }
+}
+
 TEST(Mapping, RejectsBadGeometry) {
   EXPECT_FALSE(Mapping::create(0, 64 << 10).is_ok());
   EXPECT_FALSE(Mapping::create(16, 2048).is_ok());
