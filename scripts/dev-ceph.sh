@@ -244,6 +244,14 @@ osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
+# A PG's read lease lasts osd_pool_default_read_lease_ratio (0.8) times
+# this grace. A PG whose lease ran out while its OSD was stopped can stay
+# "laggy" after SIGCONT with every op parked "waiting for readable" (a Ceph
+# bug with a single OSD: ceph/ceph-container#1682, ceph/ceph#71663), which
+# rbd-osd-pause's 10 s SIGSTOP met about once in many runs. At 60 s (a 48 s
+# lease) that pause can never outlast the lease. With one OSD and no peers
+# the grace has no other effect: nothing reports an OSD failed.
+osd heartbeat grace = 60
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
