@@ -118,6 +118,9 @@ Reactor::~Reactor() {
     io_uring_queue_exit(&ring_);
   }
   delete eventfd_op_;
+  // A post() from another thread may still be writing the eventfd after its
+  // closure ran: wait for it to let go.
+  std::lock_guard<std::mutex> lock(posted_mu_);
   if (event_fd_ >= 0) ::close(event_fd_);
 }
 
@@ -154,10 +157,15 @@ void Reactor::arm_eventfd() {
 }
 
 void Reactor::post(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lock(posted_mu_);
-    posted_.push_back(std::move(fn));
-  }
+  // The eventfd is written under the lock: the posted closure may run (and
+  // its owner destroy this reactor) as soon as it is queued, and the
+  // destructor takes the lock before it closes the eventfd. Only the post
+  // that finds the queue empty writes; the others ride on its wake-up, which
+  // the loop has not yet drained.
+  std::lock_guard<std::mutex> lock(posted_mu_);
+  const bool wake = posted_.empty();
+  posted_.push_back(std::move(fn));
+  if (!wake) return;
   uint64_t one = 1;
   // A full eventfd counter still wakes the reader, so a failed write is harmless.
   ssize_t n = ::write(event_fd_, &one, sizeof(one));
