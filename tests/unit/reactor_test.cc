@@ -65,7 +65,7 @@ TEST(Reactor, MayBeDestroyedAsSoonAsAClosurePostedFromAnotherThreadHasRun) {
     Reactor& reactor = rt->reactor();
     std::promise<void> ran;
     auto ran_future = ran.get_future();
-    std::thread poster([&] { reactor.post([&] { ran.set_value(); }); });
+    std::jthread poster([&] { reactor.post([&] { ran.set_value(); }); });  // joined on any exit
     ASSERT_EQ(ran_future.wait_for(10s), std::future_status::ready);
     rt.reset();
     int fds[2];
