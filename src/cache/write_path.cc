@@ -32,8 +32,16 @@ bool WritePath::refuse_if_failed(const std::shared_ptr<Request>& req) {
   return true;
 }
 
+// A write that was in flight when the metadata failed is not acknowledged:
+// the entry naming its data (or dropping a copy it made stale) may be the
+// append that failed, and then no restart would find it. It may or may not
+// have happened, as the NBD rules allow for a failed write.
 void WritePath::reply(const std::shared_ptr<Request>& req, bool fua, Status st) {
   ctx_.finish(req);
+  if (st.is_ok()) {
+    auto t = ctx_.slots.lock();
+    if (t.failed()) st = read_only_error(t.failure());
+  }
   if (st.is_ok() && fua) {
     // The data is on stable storage; make the metadata naming it durable.
     ctx_.commits->request(*req->r, req->done);

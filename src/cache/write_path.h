@@ -41,7 +41,8 @@ class WritePath {
   // Fails the request at once when the cache is read-only; true if it did.
   bool refuse_if_failed(const std::shared_ptr<Request>& req);
   // Replies to a write-type request: after a commit of the metadata when
-  // FUA asked for durability.
+  // FUA asked for durability; with EIO when the cache turned read-only
+  // while it ran.
   void reply(const std::shared_ptr<Request>& req, bool fua, Status st);
   void write_part(const std::shared_ptr<Request>& req, const Part& p, bool fua, StatusFn done);
   // The merged sub-blocks `subs` of a part are in `data`: writes them where

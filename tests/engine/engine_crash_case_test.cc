@@ -415,6 +415,35 @@ INSTANTIATE_TEST_SUITE_P(Modes, EngineProcessCrashTest,
                            return std::string(mode_name(i.param));
                          });
 
+// A write whose map entry cannot be recorded (the metadata log failed while
+// the write was in flight) must not be acknowledged: the data sits in a
+// slot that no surviving metadata names. Here the log fails after the cache
+// write has reached the device and before the write finishes.
+TEST_F(EngineCrashCaseTest, WriteInFlightWhenTheMetadataLogFailsIsNotAcknowledged) {
+  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
+  CacheEngine& e = *before_.engine;
+  const uint64_t off = 3 * kBlockSize;
+  auto data = rbdcache::testing::pattern(kBlockSize, 71);
+  std::promise<Status> replied;
+  rt_.reactor().post([&] {
+    e.write(rt_.reactor(), off, std::as_const(data), WriteFlags{false, true, false},
+            [&](Status st) { replied.set_value(st); });
+    // The cache write is done (its completion waits on this reactor): the
+    // log fails now, as a commit that could not write would make it.
+    Status st = before_.log->commit([] { return Status::io_error("injected metadata failure"); });
+    EXPECT_FALSE(st.is_ok());
+  });
+  auto fut = replied.get_future();
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const Status st = fut.get();
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover(Cut::kProcessCrash));
+  if (st.is_ok()) {
+    EXPECT_TRUE(read(*after_.engine, off, kBlockSize) == data)
+        << "a write acknowledged after the metadata log failed is lost after a process crash";
+  }
+  EXPECT_FALSE(st.is_ok()) << "a write whose map entry was never recorded was acknowledged";
+}
+
 // A process crash keeps clean cached data (crash-consistency rule 14), so
 // a clean copy must never differ from the origin, not even while a write
 // that changes the origin under it is in flight: the write stops it being
