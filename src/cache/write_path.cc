@@ -20,15 +20,16 @@ Status read_only_error(const Status& why) {
 
 }  // namespace
 
+Status WritePath::read_only_status() {
+  auto t = ctx_.slots.lock();
+  return t.failed() ? read_only_error(t.failure()) : Status::ok();
+}
+
 bool WritePath::refuse_if_failed(const std::shared_ptr<Request>& req) {
-  Status why;
-  {
-    auto t = ctx_.slots.lock();
-    if (!t.failed()) return false;
-    why = t.failure();
-  }
+  Status st = read_only_status();
+  if (st.is_ok()) return false;
   ctx_.finish(req);
-  req->done(read_only_error(why));
+  req->done(std::move(st));
   return true;
 }
 
@@ -38,10 +39,7 @@ bool WritePath::refuse_if_failed(const std::shared_ptr<Request>& req) {
 // have happened, as the NBD rules allow for a failed write.
 void WritePath::reply(const std::shared_ptr<Request>& req, bool fua, Status st) {
   ctx_.finish(req);
-  if (st.is_ok()) {
-    auto t = ctx_.slots.lock();
-    if (t.failed()) st = read_only_error(t.failure());
-  }
+  if (st.is_ok()) st = read_only_status();
   if (st.is_ok() && fua) {
     // The data is on stable storage; make the metadata naming it durable.
     ctx_.commits->request(*req->r, req->done);

@@ -38,6 +38,8 @@ class WritePath {
                     IoCallback done);
 
  private:
+  // OK, or the EIO every write gets once the cache is read-only.
+  [[nodiscard]] Status read_only_status();
   // Fails the request at once when the cache is read-only; true if it did.
   bool refuse_if_failed(const std::shared_ptr<Request>& req);
   // Replies to a write-type request: after a commit of the metadata when
