@@ -170,7 +170,17 @@ void WritePath::write_merged(const std::shared_ptr<Request>& req, const Part& p,
   // under them (writethrough, passthrough): their clean cached copy stops
   // being valid first, so that no crash can leave a "clean" copy that
   // differs from the origin (slot_table.h, forget_clean).
+  // The entry forget_clean appends when its section ends may be the append
+  // that fails: then the surviving metadata still calls the old copy valid
+  // and clean, and neither it nor the origin under it may be written. A
+  // write that began before the metadata failed stops here, before any I/O
+  // (the same holds for the drops and forgets of TRIM and WRITE_ZEROES).
   if (!fresh) ctx_.slots.lock().forget_clean(cb, SubBlockMask::of(subs));
+  if (Status st = read_only_status(); !st.is_ok()) {
+    if (fresh) ctx_.slots.lock().give_back(cb);
+    done(std::move(st));
+    return;
+  }
 
   if (m == Mode::kWriteback) {
     ctx_.dev.write(r, cb, subs.first * kSub, data, fua,
@@ -298,6 +308,10 @@ void WritePath::discard(io::Reactor& r, uint64_t offset, uint64_t length, WriteF
   if (refuse_if_failed(req)) return;
   ctx_.with_locks(req, [this, req, flags] {
     drop_covered(split(*req, nullptr, ctx_.bs));
+    if (Status st = read_only_status(); !st.is_ok()) {
+      reply(req, false, std::move(st));
+      return;
+    }
     ctx_.origin.discard(*req->r, req->offset, req->length, flags, [this, req, flags](Status st) {
       if (st.is_ok()) ctx_.origin_sync.note_write();
       reply(req, flags.fua, std::move(st));
@@ -321,6 +335,10 @@ void WritePath::write_zeroes(io::Reactor& r, uint64_t offset, uint64_t length, W
       for (const Part& p : split(*req, nullptr, ctx_.bs)) {
         if (auto slot = t.lookup(p.ob)) t.forget_clean(*slot, SubBlockMask::of(p.subs()));
       }
+    }
+    if (Status st = read_only_status(); !st.is_ok()) {
+      reply(req, false, std::move(st));
+      return;
     }
     ctx_.origin.write_zeroes(
         *req->r, req->offset, req->length, flags, [this, req, flags](Status st) {

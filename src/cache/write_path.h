@@ -38,7 +38,10 @@ class WritePath {
                     IoCallback done);
 
  private:
-  // OK, or the EIO every write gets once the cache is read-only.
+  // OK, or the EIO every write gets once the cache is read-only. Also
+  // checked after a section that stopped cached copies being valid, before
+  // any I/O: that section's metadata entry may be the append that failed.
+  // Any thread; takes the slot-table lock.
   [[nodiscard]] Status read_only_status();
   // Fails the request at once when the cache is read-only; true if it did.
   bool refuse_if_failed(const std::shared_ptr<Request>& req);

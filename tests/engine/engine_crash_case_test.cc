@@ -449,7 +449,18 @@ TEST_F(EngineCrashCaseTest, WriteInFlightWhenTheMetadataLogFailsIsNotAcknowledge
 // that changes the origin under it is in flight: the write stops it being
 // valid before the origin is touched. Here the origin write reaches the
 // origin but the process dies before it completes.
-enum class Overwrite { kPassthroughWrite, kWritethroughWrite, kWriteZeroes };
+enum class Overwrite { kPassthroughWrite, kWritethroughWrite, kWriteZeroes, kWritebackWrite, kTrim };
+std::string overwrite_name(const ::testing::TestParamInfo<Overwrite>& i) {
+  switch (i.param) {
+    case Overwrite::kPassthroughWrite: return "passthrough";
+    case Overwrite::kWritethroughWrite: return "writethrough";
+    case Overwrite::kWriteZeroes: return "write_zeroes";
+    case Overwrite::kWritebackWrite: return "writeback";
+    case Overwrite::kTrim: return "trim";
+  }
+  return "?";
+}
+
 class EngineOverwriteCrashTest : public EngineCrashCaseTest,
                                  public ::testing::WithParamInterface<Overwrite> {};
 
@@ -493,14 +504,81 @@ TEST_P(EngineOverwriteCrashTest, CleanCopyNeverDiffersFromTheOriginAfterAProcess
 INSTANTIATE_TEST_SUITE_P(Writes, EngineOverwriteCrashTest,
                          ::testing::Values(Overwrite::kPassthroughWrite,
                                            Overwrite::kWritethroughWrite, Overwrite::kWriteZeroes),
-                         [](const ::testing::TestParamInfo<Overwrite>& i) {
-                           switch (i.param) {
-                             case Overwrite::kPassthroughWrite: return std::string("passthrough");
-                             case Overwrite::kWritethroughWrite: return std::string("writethrough");
-                             case Overwrite::kWriteZeroes: return std::string("write_zeroes");
-                           }
-                           return std::string("?");
-                         });
+                         overwrite_name);
+
+// The same rule when the metadata log fails while such a write waits for its
+// block: the entry that stops the clean copy being valid is then refused, so
+// the write must touch neither the copy (writeback overwrites it in place)
+// nor the origin under it. Here a read holds the block (its origin part is
+// held) while the write queues behind it and the log fails.
+class EngineOverwriteAfterMetadataFailureTest : public EngineOverwriteCrashTest {};
+
+TEST_P(EngineOverwriteAfterMetadataFailureTest, CleanCopyStillMatchesTheOriginAfterAProcessCrash) {
+  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
+  CacheEngine& e = *before_.engine;
+  // One 4 KiB sub-block of the cache block is cached, clean.
+  const uint64_t block = 6 * kBlockSize, sub = 4096;
+  auto v1 = rbdcache::testing::pattern(sub, 81), v2 = rbdcache::testing::pattern(sub, 82);
+  ASSERT_TRUE(write(e, block, v1, false).is_ok());
+  e.request_full_writeback();
+  for (int i = 0; i < 1000 && e.stats().dirty_blocks > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(e.stats().dirty_blocks, 0u);
+  ASSERT_TRUE(flush(e).is_ok());
+  const Overwrite how = GetParam();
+  switch (how) {
+    case Overwrite::kWritethroughWrite: e.set_mode(Mode::kWritethrough); break;
+    case Overwrite::kPassthroughWrite: e.set_mode(Mode::kPassthrough); break;
+    default: break;
+  }
+  // A read of the whole block: the cached sub-block from the cache, the
+  // rest from the origin, where it waits.
+  before_.origin->hold(FaultOrigin::Op::kRead);
+  AlignedBuffer whole(kBlockSize);
+  std::promise<Status> read_done, write_done;
+  rt_.reactor().post([&] {
+    e.read(rt_.reactor(), block, whole.span(), [&](Status st) { read_done.set_value(st); });
+  });
+  ASSERT_TRUE(before_.origin->wait_for_held(1, std::chrono::seconds(10)))
+      << "the read never reached the origin";
+  rt_.reactor().post([&, how] {
+    auto done = [&](Status st) { write_done.set_value(st); };
+    const WriteFlags f{false, true, false};
+    if (how == Overwrite::kWriteZeroes) {
+      e.write_zeroes(rt_.reactor(), block, sub, f, done);
+    } else if (how == Overwrite::kTrim) {
+      e.discard(rt_.reactor(), block, sub, f, done);
+    } else {
+      e.write(rt_.reactor(), block, std::as_const(v2), f, done);
+    }
+    // The write waits for the block; the log fails meanwhile.
+    Status st = before_.log->commit([] { return Status::io_error("injected metadata failure"); });
+    EXPECT_FALSE(st.is_ok());
+  });
+  auto wf = write_done.get_future();
+  EXPECT_EQ(wf.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout)
+      << "the write did not wait for the read holding its block";
+  before_.origin->hold(FaultOrigin::Op::kRead, false);
+  before_.origin->release_all();
+  ASSERT_EQ(wf.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_FALSE(wf.get().is_ok()) << "a write was acknowledged after the metadata log failed";
+  EXPECT_TRUE(read_done.get_future().get().is_ok());
+
+  ASSERT_NO_FATAL_FAILURE(crash_and_recover(Cut::kProcessCrash));
+  auto first = read(*after_.engine, block, sub);
+  ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
+  EXPECT_TRUE(read(*after_.engine, block, sub) == first)
+      << "the sub-block read back as "
+      << (first == v1 ? "the old data" : first == v2 ? "the new data" : "other data")
+      << " while cached as clean, and as something else once dropped";
+}
+
+INSTANTIATE_TEST_SUITE_P(Writes, EngineOverwriteAfterMetadataFailureTest,
+                         ::testing::Values(Overwrite::kWritebackWrite, Overwrite::kWritethroughWrite,
+                                           Overwrite::kPassthroughWrite, Overwrite::kWriteZeroes,
+                                           Overwrite::kTrim),
+                         overwrite_name);
 
 }  // namespace
 }  // namespace rbdcache::cache
