@@ -1,6 +1,8 @@
 // Single crash cases of the cache engine, each deterministic: no timer
 // commits, no background writeback unless asked, and a power cut that loses
-// every write a device did not sync. The stack is in crash_stack.h.
+// every write a device did not sync. The stack is in crash_stack.h, the
+// fixture in crash_case_fixture.h; the cases about clean copies across a
+// process crash are in engine_clean_copy_crash_test.cc.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -9,94 +11,17 @@
 #include <random>
 #include <thread>
 
-#include "../unit/io_test_util.h"
-#include "cache/engine.h"
-#include "crash_stack.h"
-#include "util/aligned_buffer.h"
-#include "util/log.h"
+#include "crash_case_fixture.h"
 
 namespace rbdcache::cache {
 namespace {
 
-using rbdcache::testing::ReactorThread;
-using testing::crash_images;
 using testing::Cut;
-using testing::discard_engine;
+using testing::EngineCrashCaseTest;
 using testing::FaultOrigin;
-using testing::open_stack;
-using testing::Stack;
+using testing::kBlockSize;
+using testing::kOriginSize;
 using testing::StackImages;
-
-constexpr uint32_t kBlockSize = 16u << 10;
-constexpr uint64_t kOriginSize = 2u << 20;
-
-class EngineCrashCaseTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    log::set_level(log::Level::kError);
-    ASSERT_TRUE(rt_.ok());
-    testing::CacheGeometry g;
-    g.block_size = kBlockSize;
-    ASSERT_NO_FATAL_FAILURE(testing::format_images(g, images_));
-    images_.origin = rbdcache::testing::pattern(kOriginSize, 7);
-    initial_ = images_.origin;
-    opts_.commit_interval = std::chrono::hours(1);
-    opts_.max_dirty_age = std::chrono::hours(1);
-    opts_.dirty_high_watermark = 2.0;
-  }
-  void TearDown() override { log::set_level(log::Level::kInfo); }
-
-  void open(Mode mode = Mode::kWriteback) {
-    opts_.mode = mode;
-    Status st = open_stack(before_, images_, opts_);
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
-
-  Status write(CacheEngine& e, uint64_t off, std::span<const std::byte> data, bool fua) {
-    return rt_.call<Status>([&](std::function<void(Status)> done) {
-      e.write(rt_.reactor(), off, data, WriteFlags{fua, true, false}, done);
-    });
-  }
-  Status zero(CacheEngine& e, uint64_t off, uint64_t len, bool fua) {
-    return rt_.call<Status>([&](std::function<void(Status)> done) {
-      e.write_zeroes(rt_.reactor(), off, len, WriteFlags{fua, true, false}, done);
-    });
-  }
-  Status flush(CacheEngine& e) {
-    return rt_.call<Status>(
-        [&](std::function<void(Status)> done) { e.flush(rt_.reactor(), done); });
-  }
-  std::vector<std::byte> read(CacheEngine& e, uint64_t off, uint64_t len) {
-    AlignedBuffer buf(len);
-    Status st = rt_.call<Status>(
-        [&](std::function<void(Status)> done) { e.read(rt_.reactor(), off, buf.span(), done); });
-    EXPECT_TRUE(st.is_ok()) << st.to_string();
-    return std::vector<std::byte>(buf.data(), buf.data() + len);
-  }
-
-  // Cuts the power, keeps only what was synced (or, for a process crash,
-  // everything every device completed), and opens the stack again.
-  void crash_and_recover(Cut how = Cut::kSyncedOnly) {
-    std::mt19937_64 rng(1);
-    StackImages after = crash_images(before_, how, rng);
-    discard_engine(before_);
-    Status st = open_stack(after_, after, opts_);
-    ASSERT_TRUE(st.is_ok()) << "recovery: " << st.to_string();
-  }
-
-  // Drops every clean cached block, so that reads show what the origin holds.
-  void drop_clean(CacheEngine& e) {
-    auto r = e.invalidate(std::nullopt, /*discard_dirty=*/false);
-    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-  }
-
-  ReactorThread rt_;
-  ReactorThread rt2_;  // a second connection
-  StackImages images_;
-  std::vector<std::byte> initial_;
-  EngineOptions opts_;
-  Stack before_, after_;
-};
 
 TEST_F(EngineCrashCaseTest, FuaWriteZeroesOverCachedDataSurvivesAPowerCut) {
   ASSERT_NO_FATAL_FAILURE(open());
@@ -294,11 +219,7 @@ TEST_P(EngineCrashCleanTest, CleanCachedDataMatchesTheOriginAfterAPowerCut) {
   auto v1 = rbdcache::testing::pattern(kBlockSize, 51), v2 = rbdcache::testing::pattern(kBlockSize, 52);
   ASSERT_TRUE(write(e, off, v1, false).is_ok());
   ASSERT_TRUE(flush(e).is_ok());
-  e.request_full_writeback();
-  for (int i = 0; i < 1000 && e.stats().dirty_blocks > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(e.stats().dirty_blocks, 0u);
+  ASSERT_NO_FATAL_FAILURE(write_back_all(e));
   ASSERT_TRUE(flush(e).is_ok());  // v1: clean in the cache, durable on the origin
   e.set_mode(GetParam());
   ASSERT_TRUE(write(e, off, v2, false).is_ok());  // in place, not flushed
@@ -443,142 +364,6 @@ TEST_F(EngineCrashCaseTest, WriteInFlightWhenTheMetadataLogFailsIsNotAcknowledge
   }
   EXPECT_FALSE(st.is_ok()) << "a write whose map entry was never recorded was acknowledged";
 }
-
-// A process crash keeps clean cached data (crash-consistency rule 14), so
-// a clean copy must never differ from the origin, not even while a write
-// that changes the origin under it is in flight: the write stops it being
-// valid before the origin is touched. Here the origin write reaches the
-// origin but the process dies before it completes.
-enum class Overwrite { kPassthroughWrite, kWritethroughWrite, kWriteZeroes, kWritebackWrite, kTrim };
-std::string overwrite_name(const ::testing::TestParamInfo<Overwrite>& i) {
-  switch (i.param) {
-    case Overwrite::kPassthroughWrite: return "passthrough";
-    case Overwrite::kWritethroughWrite: return "writethrough";
-    case Overwrite::kWriteZeroes: return "write_zeroes";
-    case Overwrite::kWritebackWrite: return "writeback";
-    case Overwrite::kTrim: return "trim";
-  }
-  return "?";
-}
-
-class EngineOverwriteCrashTest : public EngineCrashCaseTest,
-                                 public ::testing::WithParamInterface<Overwrite> {};
-
-TEST_P(EngineOverwriteCrashTest, CleanCopyNeverDiffersFromTheOriginAfterAProcessCrash) {
-  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
-  CacheEngine& e = *before_.engine;
-  const uint64_t off = 5 * kBlockSize;
-  auto v1 = rbdcache::testing::pattern(kBlockSize, 61), v2 = rbdcache::testing::pattern(kBlockSize, 62);
-  ASSERT_TRUE(write(e, off, v1, false).is_ok());
-  e.request_full_writeback();
-  for (int i = 0; i < 1000 && e.stats().dirty_blocks > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(e.stats().dirty_blocks, 0u);
-  ASSERT_TRUE(flush(e).is_ok());  // v1: clean in the cache and on the origin
-  ASSERT_GT(e.stats().used_bytes, 0u);
-  const Overwrite how = GetParam();
-  e.set_mode(how == Overwrite::kWritethroughWrite ? Mode::kWritethrough : Mode::kPassthrough);
-  if (how == Overwrite::kWriteZeroes) v2.assign(kBlockSize, std::byte{0});
-  before_.origin->hold(how == Overwrite::kWriteZeroes ? FaultOrigin::Op::kWriteZeroes
-                                                      : FaultOrigin::Op::kWrite);
-  rt_.reactor().post([&e, this, how, off, &v2] {
-    auto done = [](Status) {};
-    if (how == Overwrite::kWriteZeroes) {
-      e.write_zeroes(rt_.reactor(), off, kBlockSize, WriteFlags{false, true, false}, done);
-    } else {
-      e.write(rt_.reactor(), off, std::as_const(v2), WriteFlags{false, true, false}, done);
-    }
-  });
-  ASSERT_TRUE(before_.origin->wait_for_held(1, std::chrono::seconds(10)))
-      << "the write never reached the origin";
-  ASSERT_NO_FATAL_FAILURE(crash_and_recover(Cut::kProcessCrash));
-  auto first = read(*after_.engine, off, kBlockSize);
-  EXPECT_TRUE(first == v1 || first == v2) << "the block holds neither the old nor the new data";
-  ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
-  EXPECT_TRUE(read(*after_.engine, off, kBlockSize) == first)
-      << "the block read back as " << (first == v2 ? "the new data" : "the old data")
-      << " while cached as clean, and as something else once dropped";
-}
-
-INSTANTIATE_TEST_SUITE_P(Writes, EngineOverwriteCrashTest,
-                         ::testing::Values(Overwrite::kPassthroughWrite,
-                                           Overwrite::kWritethroughWrite, Overwrite::kWriteZeroes),
-                         overwrite_name);
-
-// The same rule when the metadata log fails while such a write waits for its
-// block: the entry that stops the clean copy being valid is then refused, so
-// the write must touch neither the copy (writeback overwrites it in place)
-// nor the origin under it. Here a read holds the block (its origin part is
-// held) while the write queues behind it and the log fails.
-class EngineOverwriteAfterMetadataFailureTest : public EngineOverwriteCrashTest {};
-
-TEST_P(EngineOverwriteAfterMetadataFailureTest, CleanCopyStillMatchesTheOriginAfterAProcessCrash) {
-  ASSERT_NO_FATAL_FAILURE(open(Mode::kWriteback));
-  CacheEngine& e = *before_.engine;
-  // One 4 KiB sub-block of the cache block is cached, clean.
-  const uint64_t block = 6 * kBlockSize, sub = 4096;
-  auto v1 = rbdcache::testing::pattern(sub, 81), v2 = rbdcache::testing::pattern(sub, 82);
-  ASSERT_TRUE(write(e, block, v1, false).is_ok());
-  e.request_full_writeback();
-  for (int i = 0; i < 1000 && e.stats().dirty_blocks > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(e.stats().dirty_blocks, 0u);
-  ASSERT_TRUE(flush(e).is_ok());
-  const Overwrite how = GetParam();
-  switch (how) {
-    case Overwrite::kWritethroughWrite: e.set_mode(Mode::kWritethrough); break;
-    case Overwrite::kPassthroughWrite: e.set_mode(Mode::kPassthrough); break;
-    default: break;
-  }
-  // A read of the whole block: the cached sub-block from the cache, the
-  // rest from the origin, where it waits.
-  before_.origin->hold(FaultOrigin::Op::kRead);
-  AlignedBuffer whole(kBlockSize);
-  std::promise<Status> read_done, write_done;
-  rt_.reactor().post([&] {
-    e.read(rt_.reactor(), block, whole.span(), [&](Status st) { read_done.set_value(st); });
-  });
-  ASSERT_TRUE(before_.origin->wait_for_held(1, std::chrono::seconds(10)))
-      << "the read never reached the origin";
-  rt_.reactor().post([&, how] {
-    auto done = [&](Status st) { write_done.set_value(st); };
-    const WriteFlags f{false, true, false};
-    if (how == Overwrite::kWriteZeroes) {
-      e.write_zeroes(rt_.reactor(), block, sub, f, done);
-    } else if (how == Overwrite::kTrim) {
-      e.discard(rt_.reactor(), block, sub, f, done);
-    } else {
-      e.write(rt_.reactor(), block, std::as_const(v2), f, done);
-    }
-    // The write waits for the block; the log fails meanwhile.
-    Status st = before_.log->commit([] { return Status::io_error("injected metadata failure"); });
-    EXPECT_FALSE(st.is_ok());
-  });
-  auto wf = write_done.get_future();
-  EXPECT_EQ(wf.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout)
-      << "the write did not wait for the read holding its block";
-  before_.origin->hold(FaultOrigin::Op::kRead, false);
-  before_.origin->release_all();
-  ASSERT_EQ(wf.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  EXPECT_FALSE(wf.get().is_ok()) << "a write was acknowledged after the metadata log failed";
-  EXPECT_TRUE(read_done.get_future().get().is_ok());
-
-  ASSERT_NO_FATAL_FAILURE(crash_and_recover(Cut::kProcessCrash));
-  auto first = read(*after_.engine, block, sub);
-  ASSERT_NO_FATAL_FAILURE(drop_clean(*after_.engine));
-  EXPECT_TRUE(read(*after_.engine, block, sub) == first)
-      << "the sub-block read back as "
-      << (first == v1 ? "the old data" : first == v2 ? "the new data" : "other data")
-      << " while cached as clean, and as something else once dropped";
-}
-
-INSTANTIATE_TEST_SUITE_P(Writes, EngineOverwriteAfterMetadataFailureTest,
-                         ::testing::Values(Overwrite::kWritebackWrite, Overwrite::kWritethroughWrite,
-                                           Overwrite::kPassthroughWrite, Overwrite::kWriteZeroes,
-                                           Overwrite::kTrim),
-                         overwrite_name);
 
 }  // namespace
 }  // namespace rbdcache::cache

@@ -14,7 +14,8 @@
 // applied in order (completed FUA writes always among them), and as nothing
 // else, such as another block's data. Recovery itself must always succeed.
 //
-// Single deterministic cases are in engine_crash_case_test.cc.
+// Single deterministic cases are in engine_crash_case_test.cc and
+// engine_clean_copy_crash_test.cc.
 //
 // Usage: engine_crash_test [gtest flags] [ROUNDS] [SEED]   (default 200, 1)
 #include <gtest/gtest.h>
