@@ -267,7 +267,7 @@ int run_unmap(const std::string& device) {
 
 // --- list-mapped ---
 
-int run_list(bool json) {
+int run_list(bool as_json) {
   auto nl = NbdNetlink::open();
   std::vector<nbd::DeviceStatus> devices;
   if (nl.is_ok()) {
@@ -300,7 +300,7 @@ int run_list(bool json) {
                     {"socket", socket.value_or("")},
                     {"pid", dev.pid.value_or(0)}});
   }
-  if (json) {
+  if (as_json) {
     fmt::print("{}\n", list.dump(2));
     return 0;
   }
