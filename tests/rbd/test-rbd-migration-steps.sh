@@ -33,9 +33,14 @@ UUID_A=$(meta cache)
 log "1. B starts in passthrough while A still serves in writeback"
 start_rbd_server "$IMAGE_SPEC" --cache-dev "$CACHE_B" --meta-dev "$META_B" --mode passthrough "${nowb[@]}"
 PID_B=$SERVER_PID URI_B=$URI CTL_B=$CTL LOG_B=$SERVER_LOG
-# start_rbd_server returns once the socket exists; a refused attach exits
-# before that, and the server must still be running here.
-sleep 1
+# start_rbd_server returns once the socket exists, and serve attaches before
+# it binds the socket, so a refused attach has already failed the start.
+# B must also answer on its control socket (bound just after the NBD one).
+for ((i = 0; i < 100; i++)); do
+  "$RBDCACHE" status -c "$CTL_B" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$RBDCACHE" status -c "$CTL_B" >/dev/null 2>&1 || fail "B in passthrough does not answer status: $(cat "$LOG_B")"
 server_alive "$PID_B" || fail "B in passthrough was refused: $(cat "$LOG_B")"
 [ "$(meta cache)" = "$UUID_A" ] || fail "B's attach replaced A's record: cache is now $(meta cache)"
 [ "$(meta state)" = dirty ] || fail "B's attach cleared A's dirty state: '$(meta state)'"
