@@ -12,6 +12,7 @@
 #                        SERVER_PID). Restarting it keeps the same socket.
 #   map_device ARGS...   rbdcache map --socket $VSOCK ARGS...; sets DEV and
 #                        waits for the block device; unmapped on exit.
+#   is_listed DEV        list-mapped shows DEV.
 #   unmap_device DEV     unmaps and waits until list-mapped no longer shows it.
 #   list_conns DEV       the connections list-mapped --json reports for DEV.
 #   conns_to_server      connections the server has accepted on $VSOCK.
@@ -51,14 +52,23 @@ map_device() {
   [ -b "$DEV" ] || fail "$DEV is not a block device"
 }
 
+# is_listed DEV: list-mapped shows DEV. Its output is read whole first: a
+# `list-mapped | grep -q` pipeline under pipefail fails when grep exits
+# before list-mapped has written everything.
+is_listed() {
+  local out
+  out=$("$RBDCACHE" list-mapped) || fail "list-mapped failed"
+  grep -q "^$1 " <<<"$out"
+}
+
 unmap_device() {
   local dev=$1 i d keep=()
   "$RBDCACHE" unmap "$dev" 2>"$T/unmap.err" || fail "unmap $dev failed: $(cat "$T/unmap.err")"
   for ((i = 0; i < 100; i++)); do
-    "$RBDCACHE" list-mapped | grep -q "^$dev " || break
+    is_listed "$dev" || break
     sleep 0.1
   done
-  "$RBDCACHE" list-mapped | grep -q "^$dev " && fail "$dev is still listed after unmap"
+  is_listed "$dev" && fail "$dev is still listed after unmap"
   for d in "${MAPPED[@]}"; do [ "$d" = "$dev" ] || keep+=("$d"); done
   MAPPED=("${keep[@]}")
 }

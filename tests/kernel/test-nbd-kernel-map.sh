@@ -97,13 +97,7 @@ fi
 
 # --- 5. unmap ---
 log "5. unmap (${SECONDS}s)"
-"$RBDCACHE" unmap "$DEV" 2>"$T/unmap.err" || fail "unmap failed: $(cat "$T/unmap.err")"
-for ((i = 0; i < 100; i++)); do
-  "$RBDCACHE" list-mapped | grep -q "^$DEV " || break
-  sleep 0.1
-done
-"$RBDCACHE" list-mapped | grep -q "^$DEV " && fail "$DEV is still listed after unmap"
-MAPPED=()
+unmap_device "$DEV"
 "$RBDCACHE" unmap "$DEV" >/dev/null 2>"$T/err" && fail "a second unmap of $DEV succeeded"
 grep -qi 'not mapped' "$T/err" || fail "a second unmap: $(cat "$T/err")"
 server_alive "$VM_PID" || fail "the server died on unmap"
